@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   the main job on a built-in default (Token-Pooled DeiT-S -> ONNX, validated, benchmarked)
+#   make test   the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+# torch is installed first so that pip does not pick a multi-GB CUDA build for `torch>=2.8`;
+# on a GPU machine use e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+BUILD  ?= build
+
+.PHONY: demo test kernels clean
+
+$(BIN)/tpdeploy: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(BIN)/tpdeploy
+	mkdir -p $(BUILD)
+	$(BIN)/tpdeploy export --preset deit_small_058 -o $(BUILD)/deit_small_058.onnx
+	$(BIN)/tpdeploy export --arch deit_small --method none -o $(BUILD)/deit_small_dense.onnx
+	$(BIN)/tpdeploy compare $(BUILD)/deit_small_058.onnx
+	$(BIN)/tpdeploy bench $(BUILD)/deit_small_058.onnx --baseline $(BUILD)/deit_small_dense.onnx \
+		--batch 8 --duration 10 --json $(BUILD)/bench.json
+
+test: $(BIN)/tpdeploy
+	$(BIN)/python -m pytest -q
+
+kernels:
+	cmake -S plugins -B $(BUILD)/plugins && cmake --build $(BUILD)/plugins -j
+
+clean:
+	rm -rf $(BUILD)

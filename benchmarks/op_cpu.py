@@ -1,0 +1,50 @@
+"""TokenPool (PyTorch reference) vs one DeiT-S block on this CPU, interleaved in one run.
+
+Issue target: at B=32, N=196, C=384, K=110, T=3 the op costs at most 15% of one DeiT-S block's forward
+at the same batch and token count (196 patch tokens + CLS).
+
+    python benchmarks/op_cpu.py [--batch 32] [--duration 20]
+"""
+import argparse
+
+import torch
+
+from tpdeploy import bench
+from tpdeploy.model import Block, get_config
+from tpdeploy.op import token_pool
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=196)
+    ap.add_argument("--clusters", type=int, default=110)
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=20.0)
+    args = ap.parse_args()
+    cfg = get_config("deit_small")
+    torch.manual_seed(0)
+    block = Block(cfg).eval()
+    b, n, c = args.batch, args.tokens, cfg.embed_dim
+    tokens = torch.randn(b, n + 1, c)
+    # realistic inputs: the block's own output tokens and attention significance
+    with torch.no_grad():
+        out, significance = block(tokens, want_significance=True)
+    patches = out[:, 1:].contiguous()
+    runs = {"DeiT-S block (dense attention)": lambda: block(tokens)}
+    for mode, weighted in [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]:
+        name = f"TokenPool {'w' if weighted else ''}{mode}"
+        runs[name] = lambda m=mode, w=weighted: token_pool(patches, significance, args.clusters, args.iterations, m, w)
+    with torch.inference_mode():
+        times = bench.measure(list(runs.values()), warmup_ms=1000, duration_s=args.duration)
+    stats = [bench.LatencyStats.of(t, b) for t in times]
+    print(f"B={b} N={n} C={c} K={args.clusters} T={args.iterations}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {bench.machine()['cpu']}")
+    print(bench.table(list(zip(runs, stats))))
+    block_ms = stats[0].median
+    for name, s in list(zip(runs, stats))[1:]:
+        print(f"{name:<28} {s.median / block_ms:6.1%} of a block (median)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pooling-schedule presets, installed as the package data of `tpdeploy.presets`."""

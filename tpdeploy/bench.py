@@ -1,0 +1,85 @@
+"""`tpdeploy bench`: latency the way trtexec reports it, with an optional dense baseline interleaved."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+PERCENTILES = (90, 95, 99)
+
+
+@dataclass
+class LatencyStats:
+    """Milliseconds per batch; throughput in images per second."""
+    min: float
+    mean: float
+    median: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    throughput: float
+    iterations: int
+    batch: int
+
+    @classmethod
+    def of(cls, seconds: list[float], batch: int) -> "LatencyStats":
+        ms = np.array(seconds) * 1e3
+        p = np.percentile(ms, PERCENTILES)
+        return cls(float(ms.min()), float(ms.mean()), float(np.median(ms)), float(p[0]), float(p[1]), float(p[2]),
+                   float(ms.max()), float(batch * 1e3 / ms.mean()), len(ms), batch)
+
+    def latency_ms(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in ("min", "mean", "median", "p90", "p95", "p99", "max")}
+
+
+def measure(runs, warmup_ms: float = 500.0, iterations: int | None = None, duration_s: float = 5.0,
+            progress=lambda msg: None) -> list[list[float]]:
+    """Time each callable in `runs`, interleaved round by round (so drift hits all alike) with the order
+    alternating; stops after `iterations` rounds, or else after `duration_s`. Returns seconds per run."""
+    for i, run in enumerate(runs):
+        progress(f"warming up {i + 1}/{len(runs)} for {warmup_ms:.0f} ms")
+        end = time.perf_counter() + warmup_ms / 1e3
+        run()
+        while time.perf_counter() < end:
+            run()
+    times = [[] for _ in runs]
+    start = last_report = time.perf_counter()
+    rounds = 0
+    while (rounds < iterations) if iterations else (time.perf_counter() - start < duration_s or rounds == 0):
+        order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
+        for i in order:
+            t0 = time.perf_counter()
+            runs[i]()
+            times[i].append(time.perf_counter() - t0)
+        rounds += 1
+        if time.perf_counter() - last_report > 2.0:
+            last_report = time.perf_counter()
+            progress(f"  {rounds} rounds, {last_report - start:.0f} s")
+    return times
+
+
+def machine() -> dict:
+    """Where the numbers were taken."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def table(rows: list[tuple[str, LatencyStats]]) -> str:
+    """trtexec-like summary, one row per model."""
+    head = f"{'model':<28}{'batch':>6}{'min':>9}{'mean':>9}{'median':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}{'img/s':>10}"
+    lines = [head, "-" * len(head)]
+    for name, s in rows:
+        lines.append(f"{name[:27]:<28}{s.batch:>6}{s.min:>9.2f}{s.mean:>9.2f}{s.median:>9.2f}{s.p90:>9.2f}"
+                     f"{s.p95:>9.2f}{s.p99:>9.2f}{s.max:>9.2f}{s.throughput:>10.1f}")
+    lines.append("latencies in ms per batch")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""The `tpdeploy` command line. User errors print one line (`error: ...`) and exit 1; usage errors exit 2."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from tpdeploy import schedule as sched
+from tpdeploy.errors import TpdeployError
+
+DEFAULT_ARCH = "deit_small"
+
+
+def progress(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+class Cli(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TpdeployError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tpdeploy")
+def main():
+    """Deploy Token-Pooled vision transformers: export to ONNX, build TensorRT engines, benchmark, serve."""
+
+
+def model_options(f):
+    """The options that pick a Token-Pooled DeiT (SPEC section 2)."""
+    opts = [
+        click.option("--arch", help=f"deit_tiny, deit_small or deit_base (default: the preset's, else {DEFAULT_ARCH})"),
+        click.option("--checkpoint", help="timm/DeiT state dict (.pth, .pt, .bin, .safetensors); default: seeded-random"),
+        click.option("--flops-ratio", type=float, help="solve the schedule for this fraction of dense GMACs, e.g. 0.58"),
+        click.option("--preset", help="a schedule preset from models/ (see `tpdeploy presets`) or a .toml file"),
+        click.option("--schedule", help="patch tokens entering each of the 12 blocks, e.g. 196,196,160,..."),
+        click.option("--method", type=click.Choice(sched.METHODS), help=f"pooling method (default {sched.DEFAULT_METHOD})"),
+        click.option("--iterations", type=int, help=f"clustering iterations T (default {sched.DEFAULT_ITERATIONS})"),
+    ]
+    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+def build_model(arch, checkpoint, flops_ratio, preset, schedule, method, iterations):
+    from tpdeploy.model import create_model
+    if arch is None:
+        arch = sched.load_preset(preset).arch if preset else DEFAULT_ARCH
+    tokens = None
+    if schedule is not None:
+        try:
+            tokens = [int(t) for t in schedule.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise TpdeployError(f"--schedule must be comma-separated integers, got {schedule!r}") from None
+    model = create_model(arch, checkpoint=checkpoint, flops_ratio=flops_ratio, preset=preset, schedule=tokens,
+                         method=method, iterations=iterations)
+    if model.checkpoint is None:
+        progress(f"note: no --checkpoint given: {model.cfg.name} has seeded-random weights (seed {model.seed})")
+    return model
+
+
+def model_summary(model) -> dict:
+    d = model.cfg.dims
+    dense = sched.macs(sched.dense(d), d)
+    return {"arch": model.cfg.name, "method": model.method, "iterations": model.iterations,
+            "tokens": list(model.tokens), "gmacs": model.macs / 1e9, "gmacs_dense": dense / 1e9,
+            "flops_ratio": model.macs / dense, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "pooling_steps": len(model.pools), "checkpoint": model.checkpoint}
+
+
+def format_summary(s: dict) -> str:
+    weights = s["checkpoint"] or "seeded-random (no checkpoint)"
+    lines = [f"{s['arch']}  method {s['method']}  iterations {s['iterations']}  weights {weights}",
+             f"{'block':>5} {'tokens':>7}"]
+    prev = None
+    for i, t in enumerate(s["tokens"], start=1):
+        mark = "  <- pooled" if prev is not None and t < prev else ""
+        lines.append(f"{i:>5} {t:>7}{mark}")
+        prev = t
+    lines.append(f"GMACs {s['gmacs']:.3f} pooled vs {s['gmacs_dense']:.3f} dense ({s['flops_ratio']:.3f}x), "
+                 f"{s['pooling_steps']} pooling steps, {s['params_m']:.2f} M params")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("model_file", required=False)
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="print a JSON object")
+def info(model_file, as_json, **model_args):
+    """What a model is: from the model options, or from an exported .onnx / built engine file."""
+    if model_file:
+        from tpdeploy.modelinfo import describe_file
+        data = describe_file(model_file)
+        click.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
+        return
+    data = model_summary(build_model(**model_args))
+    click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
+
+
+@main.command()
+def presets():
+    """List the schedule presets shipped under models/."""
+    for name, p in sched.presets().items():
+        click.echo(f"{name:<18} {p.arch:<11} {p.method:<10} {p.description}")
+
+
+@main.command()
+@model_options
+@click.option("-o", "--output", required=True, help="the ONNX file to write")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), help="fix the batch size (default: dynamic)")
+@click.option("--opset", type=int, default=None, help="ai.onnx opset (default 20; at least 18)")
+def export(output, dtype, batch, opset, **model_args):
+    """Export a Token-Pooled DeiT to ONNX with tpdeploy::TokenPool nodes, then validate it against PyTorch."""
+    from tpdeploy.export import DEFAULT_OPSET
+    from tpdeploy.export import export as run_export
+    model = build_model(**model_args)
+    summary = model_summary(model)
+    report = run_export(model, output, dtype=dtype, batch=batch, opset=opset or DEFAULT_OPSET, progress=progress)
+    shape = f"batch {batch}" if batch else "dynamic batch"
+    click.echo(f"exported {output} ({report.file_bytes / 1e6:.1f} MB, opset {report.opset}, {shape}, {dtype}, "
+               f"{report.token_pool_nodes} TokenPool nodes)")
+    click.echo(format_summary(summary))
+    click.echo(f"validation vs PyTorch fp32 on {batch or 2} images: max abs error {report.max_abs_error:.2e}, "
+               f"top-1 agreement {report.top1_agreement:.0%}")
+
+
+def _runner(spec: str, backend: str | None, device: str, threads: int | None, plugin: str | None = None):
+    """A model reference: a path, optionally prefixed by its backend (ort:, trt:, torch:)."""
+    from tpdeploy import runtime
+    prefix, _, rest = spec.partition(":")
+    if rest and prefix in runtime.BACKENDS:
+        backend, spec = prefix, rest
+    progress(f"loading {spec} ({backend or runtime.default_backend(spec)}, {device})")
+    return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads)
+
+
+@main.command()
+@click.argument("model_file")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), help="default: by file type")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--warmup-ms", type=float, default=500.0, show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), help="timed rounds (default: run for --duration)")
+@click.option("--duration", type=float, default=5.0, show_default=True, help="seconds of timed rounds")
+@click.option("--threads", type=click.IntRange(min=1), help="intra-op threads (CPU backends)")
+@click.option("--baseline", help="a second model (e.g. dense DeiT) timed interleaved in the same run")
+@click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
+@click.option("--json", "json_path", help="also write the results to this JSON file")
+def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, threads, baseline, plugin, json_path):
+    """Latency and throughput like trtexec (min/mean/median/p90/p95/p99/max)."""
+    from tpdeploy import bench as b
+    from tpdeploy.files import atomic_output
+    from tpdeploy.images import sample_images
+    runners = [_runner(model_file, backend, device, threads, plugin)]
+    if baseline:
+        runners.append(_runner(baseline, backend, device, threads, plugin))
+    images = sample_images(batch, runners[0].image_size)
+    for r in runners:
+        r.check_input(images)
+    calls = [functools.partial(r.infer, images) for r in runners]
+    times = b.measure(calls, warmup_ms, iterations, duration, progress)
+    stats = [b.LatencyStats.of(t, batch) for t in times]
+    names = [model_file] + ([baseline] if baseline else [])
+    click.echo(b.table(list(zip([os.path.basename(n) for n in names], stats))))
+    result = {"model": model_file, "backend": runners[0].backend, "batch": batch, "latency_ms": stats[0].latency_ms(),
+              "throughput": stats[0].throughput, "iterations": stats[0].iterations, "machine": b.machine()}
+    if baseline:
+        speedup = stats[1].median / stats[0].median
+        click.echo(f"speed-up vs baseline (median latency ratio): {speedup:.2f}x")
+        result["baseline"] = {"model": baseline, "latency_ms": stats[1].latency_ms(), "throughput": stats[1].throughput}
+        result["speedup"] = speedup
+    if json_path:
+        with atomic_output(json_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+
+
+@main.command()
+@click.argument("model_a")
+@click.argument("model_b", required=False)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
+def compare(model_a, model_b, batch, atol, rtol, device, plugin):
+    """Run MODEL_A and MODEL_B (default: the PyTorch model MODEL_A was exported from) on the same images.
+
+    Each is a path, optionally prefixed by a backend: ort:x.onnx, trt:x.plan, torch:x.onnx. Exits 1 when any
+    logit is out of tolerance (|a - b| > atol + rtol * |b|)."""
+    from tpdeploy.compare import compare_outputs
+    from tpdeploy.images import sample_images
+    model_b = model_b or f"torch:{model_a.partition(':')[2] or model_a}"
+    a = _runner(model_a, None, device, None, plugin)
+    b = _runner(model_b, None, device, None, plugin)
+    images = sample_images(batch, a.image_size)
+    result = compare_outputs(a.infer(images), b.infer(images), atol, rtol)
+    click.echo(f"{model_a} vs {model_b} on {batch} images")
+    click.echo(f"  max abs error {result.max_abs_error:.3e}  max rel error {result.max_rel_error:.3e}  "
+               f"mean abs error {result.mean_abs_error:.3e}  top-1 agreement {result.top1_agreement:.1%}")
+    verdict = "PASSED" if result.passed else "FAILED"
+    click.echo(f"{verdict} (atol {atol:g}, rtol {rtol:g})")
+    if not result.passed:
+        sys.exit(1)

@@ -1,0 +1,35 @@
+"""Test and validation images: structured scenes (shapes, gradients, stripes), ImageNet-normalised."""
+from __future__ import annotations
+
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def normalize(rgb: np.ndarray) -> np.ndarray:
+    """[H, W, 3] floats in [0, 1] -> [3, H, W] normalised as DeiT was trained."""
+    return ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
+
+
+def sample_images(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+    """[n, 3, size, size] float32: each a gradient background with a disc, a box and stripes, plus a little noise,
+    so tokens are redundant the way natural images are (pure noise would not be)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        c0, c1, c2, c3 = rng.random((4, 3)).astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
+        img = c0 * (1 - ramp) + c1 * ramp
+        cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.08, 0.3)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = c2
+        x0, y0 = rng.uniform(0, 0.6, 2)
+        box = (xx > x0) & (xx < x0 + rng.uniform(0.1, 0.4)) & (yy > y0) & (yy < y0 + rng.uniform(0.1, 0.4))
+        img[box] = c3
+        stripes = (np.sin(xx * rng.uniform(10, 60)) > 0.8)[..., None]
+        img = np.where(stripes, img * 0.6, img)
+        img = np.clip(img + rng.normal(0, 0.02, img.shape).astype(np.float32), 0, 1)
+        out[i] = normalize(img)
+    return out

@@ -1,0 +1,124 @@
+"""The TokenPool operator (SPEC section 1): the PyTorch reference implementation.
+
+Every other implementation (the ONNX function in `onnx_op`, the CUDA kernels under `plugins/`)
+follows the same arithmetic, step for step, so that float32 results agree exactly:
+
+- initial centres: the K tokens with the largest W, in descending order (stable: ties to the lowest index);
+- kmedoids distances: D = g_ii + g_jj - 2 g_ij with g = X Xᵀ in float32 (so D_ii is exactly 0 and
+  identical tokens are at distance exactly 0);
+- kmeans distances: |x|² + |c|² - 2 x·c in float32;
+- distances clamped to [0, FLT_MAX] (NaN and Inf count as FLT_MAX), weights to [0, FLT_MAX] (NaN counts
+  as 0), so no NaN ever reaches an argmin and non-finite inputs give a defined result instead of a crash.
+"""
+from __future__ import annotations
+
+import torch
+
+MODES = ("kmedoids", "kmeans")
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def check_args(x_shape, w_shape, num_clusters: int, iterations: int, mode: str) -> None:
+    """Validate shapes and attributes; raises ValueError with one clear sentence."""
+    if len(x_shape) != 3:
+        raise ValueError(f"TokenPool: X must be [B, N, C], got shape {list(x_shape)}")
+    b, n, _ = x_shape
+    if list(w_shape) != [b, n]:
+        raise ValueError(f"TokenPool: W must be [B, N] = {[b, n]}, got shape {list(w_shape)}")
+    if not 1 <= num_clusters <= n:
+        raise ValueError(f"TokenPool: num_clusters must be in [1, N={n}], got {num_clusters}")
+    if iterations < 0:
+        raise ValueError(f"TokenPool: iterations must be >= 0, got {iterations}")
+    if mode not in MODES:
+        raise ValueError(f"TokenPool: mode must be one of {MODES}, got {mode!r}")
+
+
+def token_pool(x: torch.Tensor, w: torch.Tensor, num_clusters: int, iterations: int = 3,
+               mode: str = "kmedoids", weighted: bool = True) -> torch.Tensor:
+    """Pool tokens X [B, N, C] with significance W [B, N] into K = num_clusters tokens [B, K, C].
+
+    Differentiable with respect to X with the cluster assignments held constant. Under
+    `torch.onnx.export` it becomes one `tpdeploy::TokenPool` node.
+    """
+    check_args(x.shape, w.shape, num_clusters, iterations, mode)
+    if x.dtype not in (torch.float32, torch.float16) or w.dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"TokenPool: X and W must be float32 or float16, got {x.dtype} and {w.dtype}")
+    if torch.onnx.is_in_onnx_export():
+        attrs = {"num_clusters": num_clusters, "iterations": iterations, "mode": mode,
+                 "weighted": int(weighted), "plugin_version": "1", "plugin_namespace": "tpdeploy"}
+        return torch.onnx.ops.symbolic("tpdeploy::TokenPool", (x, w), attrs, dtype=x.dtype,
+                                       shape=(x.shape[0], num_clusters, x.shape[2]), version=1)
+    if x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+        from tpdeploy import kernels  # the CUDA kernels are for inference; training uses the reference
+        if kernels.available():
+            return kernels.token_pool(x, w, num_clusters, iterations, mode, weighted)
+    return reference_token_pool(x, w, num_clusters, iterations, mode, weighted)
+
+
+def _clamp_finite_(t: torch.Tensor) -> torch.Tensor:
+    """In place: NaN and +Inf -> FLT_MAX, negatives and -Inf -> 0."""
+    return t.nan_to_num_(FLT_MAX, FLT_MAX, 0.0).clamp_(min=0.0)
+
+
+def reference_token_pool(x, w, num_clusters, iterations=3, mode="kmedoids", weighted=True):
+    """Batched PyTorch implementation of SPEC section 1 (no loops over the batch or the tokens)."""
+    b, _, c = x.shape
+    xf = x.float()
+    order_w = torch.where(w > 0, w.float(), 0.0).clamp_(max=FLT_MAX)
+    cluster_w = order_w if weighted else torch.ones_like(order_w)
+    init = torch.argsort(order_w, dim=1, descending=True, stable=True)[:, :num_clusters]  # [B, K]
+    if mode == "kmedoids" or iterations == 0:
+        with torch.no_grad():
+            medoids = _kmedoids(xf, cluster_w, init, iterations)
+        return x.gather(1, medoids[:, :, None].expand(b, num_clusters, c))
+    return _kmeans(xf, cluster_w, init, iterations).to(x.dtype)
+
+
+def _kmedoids(x, w, medoids, iterations):
+    if iterations == 0:
+        return medoids  # top-K by significance: no distances needed
+    b, n, _ = x.shape
+    k = medoids.shape[1]
+    token = torch.arange(n, device=x.device).expand(b, n)
+    gram = x @ x.transpose(1, 2)                                                # [B, N, N]
+    sq = gram.diagonal(dim1=1, dim2=2)
+    dist = _clamp_finite_((sq[:, :, None] + sq[:, None, :]).add_(gram, alpha=-2.0))  # [B, N, N]
+    for _ in range(iterations):
+        assign = dist.gather(2, medoids[:, None, :].expand(b, n, k)).argmin(2)  # [B, N], ties: lowest k
+        same = assign[:, :, None] == assign[:, None, :]                         # [B, N, N]
+        cost = (torch.where(same, dist, 0.0) @ w[:, :, None])[:, :, 0].clamp_(max=FLT_MAX)  # [B, N]
+        # per cluster: its smallest member cost, then the lowest member index with that cost
+        best_cost = torch.full((b, k), torch.inf, device=x.device).scatter_reduce_(1, assign, cost, "amin")
+        is_best = cost == best_cost.gather(1, assign)
+        candidate = torch.full((b, k), n, device=x.device).scatter_reduce_(
+            1, assign, torch.where(is_best, token, n), "amin")
+        heaviest = torch.zeros(b, k, device=x.device).scatter_reduce_(1, assign, w, "amax")
+        new = torch.where(heaviest > 0, candidate, medoids)   # empty or weightless: keep
+        if torch.equal(new, medoids):
+            break  # a fixed point: the remaining iterations would change nothing
+        medoids = new
+    return medoids
+
+
+def _kmeans(x, w, init, iterations):
+    """x carries gradients; the assignments are computed on a detached copy (held constant)."""
+    b, n, c = x.shape
+    k = init.shape[1]
+    centres = x.gather(1, init[:, :, None].expand(b, k, c))                     # [B, K, C]
+    xd = x.detach()
+    sq_x = (xd * xd).sum(2)                                                     # [B, N]
+    weighted_x = x * w[:, :, None]
+    for _ in range(iterations):
+        cd = centres.detach()
+        sq_c = (cd * cd).sum(2)                                                 # [B, K]
+        dist = _clamp_finite_((sq_x[:, :, None] + sq_c[:, None, :]).add_(xd @ cd.transpose(1, 2), alpha=-2.0))
+        assign = dist.argmin(2)                                                 # [B, N], ties: lowest k
+        total = torch.zeros(b, k, device=x.device).scatter_add_(1, assign, w)  # [B, K]
+        sums = torch.zeros(b, k, c, device=x.device).scatter_add_(
+            1, assign[:, :, None].expand(b, n, c), weighted_x)
+        safe_total = torch.where(total > 0, total, 1.0)  # avoids 0/0, whose gradient would be NaN
+        new = torch.where(total[:, :, None] > 0, sums / safe_total[:, :, None], centres)
+        if torch.equal(new, centres):
+            break  # a fixed point
+        centres = new
+    return centres
