@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -45,7 +46,8 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
     """Trace the model with the dynamo exporter and attach the TokenPool function."""
     if opset < onnx_op.MIN_OPSET:
         raise TpdeployError(f"opset {opset} is too old: TokenPool's function needs opset >= {onnx_op.MIN_OPSET}")
-    model = model.to(DTYPES[dtype]).eval()
+    if dtype != "fp32":
+        model = copy.deepcopy(model).to(DTYPES[dtype])  # the caller keeps its float32 model
     example = torch.zeros(batch or 2, 3, model.cfg.img_size, model.cfg.img_size, dtype=DTYPES[dtype])
     dynamic = None if batch else {INPUT: {0: torch.export.Dim("batch", min=1, max=4096)}}
     with _quiet_exporter():
@@ -98,14 +100,12 @@ def _set_metadata(proto: onnx.ModelProto, model) -> None:
 def export(model, output: str, dtype: str = "fp32", batch: int | None = None, opset: int = DEFAULT_OPSET,
            validate_batch: int = 2, progress=lambda msg: None) -> ExportReport:
     """Export, write atomically, then validate onnxruntime against PyTorch (fp32 reference) on sample images."""
-    reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
     progress(f"tracing {model.cfg.name} ({model.method}, {dtype}) with the dynamo exporter")
     proto = to_onnx(model, dtype, batch, opset)
     progress(f"writing {output}")
     with atomic_output(output) as tmp:
         onnx.save(proto, tmp)
     progress("validating onnxruntime against PyTorch")
-    model.float().load_state_dict(reference)
     from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
     images = sample_images(batch or validate_batch, model.cfg.img_size)
     with torch.no_grad():

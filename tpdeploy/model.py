@@ -87,9 +87,11 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         significance = None
         if want_significance:  # the probabilities are needed, so no fused kernel here
-            attn = ((q * (c // self.num_heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-            significance = attn.float().sum((1, 2))[:, 1:]
-            out = attn @ v
+            # in float32 even in an fp16 model: pooling decisions follow these sums, and fp16 rounding would
+            # reorder tokens of nearly equal significance
+            attn = ((q.float() * (c // self.num_heads) ** -0.5) @ k.float().transpose(-2, -1)).softmax(-1)
+            significance = attn.sum((1, 2))[:, 1:]
+            out = attn.to(v.dtype) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c)), significance
@@ -189,8 +191,11 @@ class TokenPooledDeiT(nn.Module):
 
 
 def init_random(model: TokenPooledDeiT, seed: int = 0) -> None:
-    """timm's ViT initialisation, seeded, for runs without a checkpoint."""
+    """timm's ViT initialisation, seeded, for runs without a checkpoint; except that the qkv and head weights
+    get std 1/sqrt(dim), so attention and logits are as peaked as a trained model's rather than uniform
+    (uniform attention would make every token equally significant and pooling decisions arbitrary)."""
     gen = torch.Generator().manual_seed(seed)
+    trained_like_std = model.cfg.embed_dim ** -0.5
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name:
@@ -198,7 +203,8 @@ def init_random(model: TokenPooledDeiT, seed: int = 0) -> None:
             elif name == "cls_token":
                 p.normal_(0, 1e-6, generator=gen)
             else:
-                p.copy_(torch.nn.init.trunc_normal_(torch.empty_like(p), std=0.02, generator=gen))
+                std = trained_like_std if name.endswith(("qkv.weight", "head.weight")) else 0.02
+                p.copy_(torch.nn.init.trunc_normal_(torch.empty_like(p), std=std, generator=gen))
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,3 @@
+from tpdeploy.cli import main
+
+main()
