@@ -154,8 +154,11 @@ def _runner(spec: str, backend: str | None, device: str, threads: int | None, pl
 @click.option("--threads", type=click.IntRange(min=1), help="intra-op threads (CPU backends)")
 @click.option("--baseline", help="a second model (e.g. dense DeiT) timed interleaved in the same run")
 @click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
+@click.option("--no-cuda-graph", is_flag=True, help="TensorRT: enqueue directly instead of replaying a CUDA graph")
+@click.option("--include-transfers", is_flag=True, help="TensorRT: time host-device copies too (trtexec 11 does not)")
 @click.option("--json", "json_path", help="also write the results to this JSON file")
-def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, threads, baseline, plugin, json_path):
+def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, threads, baseline, plugin,
+          no_cuda_graph, include_transfers, json_path):
     """Latency and throughput like trtexec (min/mean/median/p90/p95/p99/max)."""
     from tpdeploy import bench as b
     from tpdeploy.files import atomic_output
@@ -166,7 +169,8 @@ def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, t
     images = sample_images(batch, runners[0].image_size)
     for r in runners:
         r.check_input(images)
-    calls = [functools.partial(r.infer, images) for r in runners]
+    calls = [r.timed_call(images, not no_cuda_graph, include_transfers) if hasattr(r, "timed_call")
+             else functools.partial(r.infer, images) for r in runners]
     times = b.measure(calls, warmup_ms, iterations, duration, progress)
     stats = [b.LatencyStats.of(t, batch) for t in times]
     names = [model_file] + ([baseline] if baseline else [])
@@ -210,3 +214,26 @@ def compare(model_a, model_b, batch, atol, rtol, device, plugin):
     click.echo(f"{verdict} (atol {atol:g}, rtol {rtol:g})")
     if not result.passed:
         sys.exit(1)
+
+
+@main.command("build-engine")
+@click.argument("onnx_file")
+@click.option("-o", "--output", required=True, help="the engine (.plan) to write; a .json sidecar goes beside it")
+@click.option("--fp16", is_flag=True, help="fp16 engine: the builder flag on TensorRT 10, an fp16 graph on TensorRT 11")
+@click.option("--min-batch", type=click.IntRange(min=1), help="profile minimum batch (default 1)")
+@click.option("--opt-batch", type=click.IntRange(min=1), help="profile batch to tune for (default 8)")
+@click.option("--max-batch", type=click.IntRange(min=1), help="profile maximum batch (default 32)")
+@click.option("--workspace", type=int, help="workspace limit in MiB (default: TensorRT's)")
+@click.option("--timing-cache", help="read and update this timing cache file (faster rebuilds)")
+@click.option("--plugin", help="TokenPool plugin library (default: found automatically)")
+@click.option("--no-plugin", is_flag=True, help="inline the TokenPool ONNX function instead of using the plugin")
+def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, workspace, timing_cache, plugin, no_plugin):
+    """Build a TensorRT engine from an exported ONNX file, with the TokenPool plugin."""
+    from tpdeploy import engine
+    trt = engine.import_tensorrt()
+    plan = engine.plan_build(onnx_file, output, engine.trt_major(trt), fp16, min_batch, opt_batch, max_batch,
+                             workspace, timing_cache, plugin, no_plugin)
+    sidecar = engine.build(plan, progress)
+    click.echo(f"built {output} (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, "
+               f"batch {plan.min_batch}/{plan.opt_batch}/{plan.max_batch}, {'fp16' if plan.fp16 else 'fp32'}, "
+               f"{'plugin ' + plan.plugin if plan.plugin else 'no plugin'})")
