@@ -240,8 +240,7 @@ def build(plan: BuildPlan, progress=lambda msg: None) -> dict:
             builder = trt.Builder(logger)
         except Exception as e:  # noqa: BLE001 - TensorRT raises plain exceptions without a GPU
             raise TpdeployError(f"TensorRT cannot start a builder (is there a CUDA GPU and driver?): {one_line(e)}") from None
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
-        network = builder.create_network(flags)
+        network = builder.create_network(0)  # TensorRT >= 11: always strongly typed (no flag to set)
         parser = trt.OnnxParser(network, logger)
         progress(f"parsing {source} ({len(plan.token_pool_nodes)} TokenPool nodes, "
                  f"{'plugin' if plan.plugin else 'inlined ONNX function'})")
