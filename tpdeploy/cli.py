@@ -237,3 +237,63 @@ def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, works
     click.echo(f"built {output} (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, "
                f"batch {plan.min_batch}/{plan.opt_batch}/{plan.max_batch}, {'fp16' if plan.fp16 else 'fp32'}, "
                f"{'plugin ' + plan.plugin if plan.plugin else 'no plugin'})")
+
+
+@main.command()
+@click.argument("model_file")
+@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), help="default: by file type")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address the HTTP, gRPC and metrics endpoints listen on (0.0.0.0: every interface)")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
+              help="Prometheus metrics at /metrics (0: off)")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="largest batch the dynamic batcher forms (Triton max_batch_size)")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
+              help="how long a request may wait for others to join its batch")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="model instances: batches executed concurrently (one shared, thread-safe runner)")
+@click.option("--name", help="Triton model name (default: the file name); the image classifier is NAME_classify")
+@click.option("--threads", type=click.IntRange(min=1), help="intra-op threads (CPU backends)")
+@click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
+@click.option("--verbose", is_flag=True, help="show Triton Inference Server's own log")
+def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us,
+          instances, name, threads, plugin, verbose):
+    """Serve MODEL_FILE on NVIDIA Triton Inference Server (through PyTriton) until Ctrl+C or SIGTERM.
+
+    Two models: NAME (images FP32 [B, 3, 224, 224] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
+    bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
+    from tpdeploy.serve import serve as run_server
+    run_server(model_file, backend=backend, host=host, http_port=http_port, grpc_port=grpc_port,
+               metrics_port=metrics_port or None, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+               instances=instances, name=name, device=device, plugin=plugin, threads=threads, verbose=verbose,
+               progress=progress)
+
+
+@main.command("triton-repo")
+@click.argument("model_file")
+@click.option("--repository", required=True, help="the Triton model repository folder (created if missing)")
+@click.option("--name", help="model name in the repository (default: the file name)")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="max_batch_size")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
+              help="dynamic batching max_queue_delay_microseconds")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="instance_group count")
+@click.option("--plugin", help="TokenPool plugin library to put beside an engine (default: found automatically)")
+@click.option("--overwrite", is_flag=True, help="replace the model's folder if it exists")
+def triton_repo(model_file, repository, name, max_batch, max_queue_delay_us, instances, plugin, overwrite):
+    """Write a Triton model repository entry for MODEL_FILE: onnxruntime_onnx for an .onnx file, tensorrt_plan
+    (with the TokenPool plugin library) for an engine. Prints the tritonserver command line."""
+    from tpdeploy.triton_repo import write_repository
+    report = write_repository(model_file, repository, name=name, max_batch=max_batch,
+                              max_queue_delay_us=max_queue_delay_us, instances=instances, plugin=plugin,
+                              overwrite=overwrite, progress=progress)
+    for note in report.notes:
+        progress(f"note: {note}")
+    click.echo(f"wrote {report.model_dir} ({report.platform})" +
+               (f" with the plugin {report.plugin}" if report.plugin else ""))
+    click.echo("start Triton Inference Server with:")
+    for command in report.commands:
+        click.echo(f"  {command}")
+    click.echo(f"(see {os.path.join(report.model_dir, 'README.txt')})")
