@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 BUILD  ?= build
 
-.PHONY: demo test kernels clean
+.PHONY: demo test plugins gpu-check clean
 
 $(BIN)/tpdeploy: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,14 @@ demo: $(BIN)/tpdeploy
 test: $(BIN)/tpdeploy
 	$(BIN)/python -m pytest -q
 
-kernels:
-	cmake -S plugins -B $(BUILD)/plugins && cmake --build $(BUILD)/plugins -j
+# the CUDA kernels (nvcc) and, where TensorRT is found (TENSORRT_ROOT=...), the TensorRT plugin
+plugins:
+	cmake -S plugins -B $(BUILD)/plugins $(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT)) \
+		&& cmake --build $(BUILD)/plugins -j
+
+# on a GPU machine: kernels vs the reference, and timings, in one table
+gpu-check: $(BIN)/tpdeploy
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(BUILD)

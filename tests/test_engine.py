@@ -216,7 +216,7 @@ def _trt_ready():
     try:
         engine.find_plugin()
     except TpdeployError:
-        return "needs the plugin library: make plugin"
+        return "needs the plugin library: make plugins TENSORRT_ROOT=..."
     return None
 
 

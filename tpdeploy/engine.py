@@ -57,7 +57,7 @@ class BuildPlan:
 def find_plugin(explicit: str | None = None) -> str:
     path = find_library(PLUGIN_LIBRARY, PLUGIN_ENV, explicit)
     if path is None:
-        raise TpdeployError(f"TokenPool plugin library {PLUGIN_LIBRARY} not found: build it with `make plugin` "
+        raise TpdeployError(f"TokenPool plugin library {PLUGIN_LIBRARY} not found: build it with `make plugins` "
                             f"(needs TensorRT), pass --plugin PATH or set {PLUGIN_ENV}, or use --no-plugin to "
                             "inline the ONNX function instead")
     return path

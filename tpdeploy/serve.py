@@ -47,17 +47,15 @@ import numpy as np
 
 from tpdeploy import runtime
 from tpdeploy.errors import TpdeployError, one_line
+from tpdeploy.triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, check_batching, model_name
 
 LOG = logging.getLogger("tpdeploy.serve")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8000, 8001, 8002  # Triton's own defaults
-DEFAULT_MAX_BATCH = 32
-DEFAULT_QUEUE_DELAY_US = 500
 DEFAULT_EXIT_TIMEOUT_S = 10
 TOP_K = 5
 STARTUP_TIMEOUT_S = 180.0
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def _quiet(msg: str) -> None:
@@ -74,12 +72,6 @@ class RequestError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-def default_name(model_path: str) -> str:
-    """A Triton model name from the file name: 'build/deit_small_058.onnx' -> 'deit_small_058'."""
-    stem = os.path.basename(model_path).split(".")[0] or "model"
-    return re.sub(r"[^A-Za-z0-9._-]", "_", stem)
-
 
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port that is free on `host` right now (the OS picks it)."""
@@ -226,15 +218,8 @@ class TritonService:
                  max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, instances: int = 1, name: str | None = None,
                  device: str = "cpu", plugin: str | None = None, threads: int | None = None,
                  exit_timeout_s: int = DEFAULT_EXIT_TIMEOUT_S, verbose: bool = False, progress=_quiet):
-        if max_batch < 1:
-            raise TpdeployError(f"--max-batch must be at least 1, got {max_batch}")
-        if max_queue_delay_us < 0:
-            raise TpdeployError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
-        if instances < 1:
-            raise TpdeployError(f"--instances must be at least 1, got {instances}")
-        self.name = name or default_name(model_path)
-        if not _NAME_RE.match(self.name):
-            raise TpdeployError(f"model name {self.name!r}: use letters, digits, '.', '_' and '-' only")
+        check_batching(max_batch, instances, max_queue_delay_us)
+        self.name = model_name(model_path, name)
         self.classify_name = f"{self.name}_classify"
         self.model_path, self.backend, self.device = model_path, backend, device
         self.plugin, self.threads = plugin, threads
@@ -537,7 +522,7 @@ class ServerProcess:
         self.http_port = http_port or free_port(host)
         self.grpc_port = grpc_port or free_port(host)
         self.metrics_port = metrics_port or free_port(host)
-        self.name = name or default_name(model_path)
+        self.name = model_name(model_path, name)
         self.classify_name = f"{self.name}_classify"
         self.kwargs = dict(model_path=os.path.abspath(model_path), backend=backend, host=host,
                            http_port=self.http_port, grpc_port=self.grpc_port, metrics_port=self.metrics_port,

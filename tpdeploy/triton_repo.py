@@ -267,19 +267,29 @@ def _external_data_files(path: str) -> list[str]:
     return sorted(files)
 
 
-def write_repository(model_path: str, repository: str, name: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-                     instances: int = 1, plugin: str | None = None, overwrite: bool = False,
-                     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, progress=_quiet) -> RepositoryReport:
-    """Write `<repository>/<name>/` for `model_path` (.onnx -> onnxruntime_onnx, engine -> tensorrt_plan)."""
+def model_name(model_path: str, name: str | None = None) -> str:
+    """The Triton model name: the given one, or the file's stem ('build/deit_small_058.onnx' -> 'deit_small_058')."""
+    name = name or re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(model_path).split(".")[0] or "model")
+    if not _NAME_RE.match(name):
+        raise TpdeployError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def check_batching(max_batch: int, instances: int, max_queue_delay_us: int) -> None:
     if max_batch < 1:
         raise TpdeployError(f"--max-batch must be at least 1, got {max_batch}")
     if instances < 1:
         raise TpdeployError(f"--instances must be at least 1, got {instances}")
     if max_queue_delay_us < 0:
         raise TpdeployError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
-    name = name or re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(model_path).split(".")[0] or "model")
-    if not _NAME_RE.match(name):
-        raise TpdeployError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+
+
+def write_repository(model_path: str, repository: str, name: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                     instances: int = 1, plugin: str | None = None, overwrite: bool = False,
+                     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US, progress=_quiet) -> RepositoryReport:
+    """Write `<repository>/<name>/` for `model_path` (.onnx -> onnxruntime_onnx, engine -> tensorrt_plan)."""
+    check_batching(max_batch, instances, max_queue_delay_us)
+    name = model_name(model_path, name)
 
     if model_path.endswith(".onnx"):
         spec = onnx_spec(model_path, max_batch)
