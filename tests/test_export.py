@@ -1,4 +1,7 @@
 """Exported ONNX files: structure, onnxruntime vs PyTorch for every method, fp16, file handling."""
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -123,3 +126,12 @@ def test_runner_rejects_wrong_input(exported):
         runner.infer(np.zeros((1, 3, 224, 224), np.int64))
     # float64 is cast, like the runtime promises
     assert runner.infer(sample_images(1).astype(np.float64)).shape == (1, 1000)
+
+
+def test_runtime_serves_without_importing_pytorch(exported):
+    _, path, _ = exported("topk")
+    code = ("import sys, numpy as np; from tpdeploy import runtime; m = runtime.load(sys.argv[1]); "
+            "y = m.infer(np.zeros((2, 3, 224, 224), np.float32)); "
+            "assert y.shape == (2, 1000) and 'torch' not in sys.modules, sorted(sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
