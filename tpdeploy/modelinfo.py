@@ -7,7 +7,7 @@ import onnx
 
 from tpdeploy import onnx_op
 from tpdeploy.errors import TpdeployError, one_line
-from tpdeploy.runtime import ENGINE_SUFFIXES
+from tpdeploy.runtime import default_backend
 
 
 def load_onnx(path: str) -> onnx.ModelProto:
@@ -41,9 +41,7 @@ def describe_onnx(path: str) -> dict:
 
 
 def describe_file(path: str) -> dict:
-    if path.endswith(".onnx"):
+    if default_backend(path) == "ort":
         return describe_onnx(path)
-    if path.endswith(ENGINE_SUFFIXES):
-        from tpdeploy.engine import describe_engine
-        return describe_engine(path)
-    raise TpdeployError(f"cannot tell the format of {path}: expected .onnx or a TensorRT engine")
+    from tpdeploy.engine import describe_engine
+    return describe_engine(path)

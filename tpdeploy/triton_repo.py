@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from tpdeploy import engine as eng
 from tpdeploy.errors import TpdeployError, one_line
 from tpdeploy.libraries import find_library
-from tpdeploy.runtime import ENGINE_SUFFIXES
+from tpdeploy.runtime import default_backend
 
 PLUGIN_NAME = eng.PLUGIN_LIBRARY
 DEFAULT_MAX_BATCH = 32
@@ -291,21 +291,18 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
     check_batching(max_batch, instances, max_queue_delay_us)
     name = model_name(model_path, name)
 
-    if model_path.endswith(".onnx"):
+    if default_backend(model_path) == "ort":
         spec = onnx_spec(model_path, max_batch)
         if plugin:
             spec.notes.append("--plugin ignored: an ONNX model runs on onnxruntime through its TokenPool functions")
         plugin_src = None
-    elif model_path.endswith(ENGINE_SUFFIXES):
+    else:
         spec = engine_spec(model_path, max_batch)
         plugin_src = find_plugin(model_path, plugin)
         if plugin_src is None:
             spec.notes.append(f"no {PLUGIN_NAME} found ($TPDEPLOY_PLUGIN, beside the engine, build/plugins/): "
                               f"the repository has none; build it with `make plugins` or pass --plugin, and see "
                               f"README.txt")
-    else:
-        raise TpdeployError(f"cannot tell the format of {model_path}: expected .onnx or a TensorRT engine "
-                            f"({', '.join(ENGINE_SUFFIXES)})")
 
     cfg = model_config(name, spec, instances, max_queue_delay_us)
     text = config_text(cfg)
