@@ -329,17 +329,22 @@ def test_port_in_use_is_a_clear_error(tiny_onnx):
             service.start()
 
 
+def _assert_stops_cleanly(server, procs, sig):
+    """`sig` stops the server with exit 0, nothing force-killed, every child process gone."""
+    rc = server.stop(sig)
+    log = server.log()
+    assert rc == 0, log[-2000:]
+    assert server.killed == []
+    assert not [p.pid for p in procs if _alive(p)]
+    assert f"{sig.name} received" in log and "stopped." in log
+
+
 def test_sigint_stops_the_server_and_leaves_no_process(tiny_onnx):
     with sv.ServerProcess(tiny_onnx, name="tp2", max_batch=4) as s:
         procs = psutil.Process(s.pid).children(recursive=True)
         names = {p.name() for p in procs}
         assert "tritonserver" in names and "triton_python_backend_stub" in names
-        rc = s.stop(signal.SIGINT)
-        log = s.log()
-        assert rc == 0, log[-2000:]
-        assert s.killed == []
-        assert not [p.pid for p in procs if _alive(p)]
-        assert "SIGINT received" in log and "stopped." in log
+        _assert_stops_cleanly(s, procs, signal.SIGINT)
 
 
 def test_sigterm_stops_the_server_and_leaves_no_process(server):
@@ -347,12 +352,7 @@ def test_sigterm_stops_the_server_and_leaves_no_process(server):
     procs = server.descendants
     assert any(p.name() == "tritonserver" for p in procs)
     assert sum(p.name() == "triton_python_backend_stub" for p in procs) == 2  # one per model instance
-    rc = server.stop(signal.SIGTERM)
-    log = server.log()
-    assert rc == 0, log[-2000:]
-    assert server.killed == []
-    assert not [p.pid for p in procs if _alive(p)]
-    assert "SIGTERM received" in log and "stopped." in log
+    _assert_stops_cleanly(server, procs, signal.SIGTERM)
     port_flag = f"--http-port={server.http_port}"
     assert not [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "tritonserver" and port_flag in " ".join(p.info["cmdline"] or [])]
