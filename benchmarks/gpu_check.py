@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tpdeploy import create_model, kernels  # noqa: E402
+from tpdeploy.artifacts import libraries  # noqa: E402
 from tpdeploy.model import Block, get_config  # noqa: E402
 from tpdeploy.op import reference_token_pool  # noqa: E402
 
@@ -66,11 +67,11 @@ def build(build_dir: Path) -> Path:
         log("cmake not found: building with nvcc alone for this GPU")
         build_dir.mkdir(parents=True, exist_ok=True)
         run(["nvcc", "-O3", "-std=c++17", "-shared", "-arch=native", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-             "-Xlinker", "--exclude-libs,ALL", "-o", build_dir / kernels.LIBRARY, "plugins/tokenpool/tokenPoolKernel.cu"])
+             "-Xlinker", "--exclude-libs,ALL", "-o", build_dir / libraries.KERNELS_LIBRARY, "plugins/tokenpool/tokenPoolKernel.cu"])
     else:
         raise SystemExit("neither cmake nor nvcc found: pass --library PATH to a built libtokenpool_kernels.so")
     log(f"built in {time.time() - started:.0f} s")
-    return build_dir / kernels.LIBRARY
+    return build_dir / libraries.KERNELS_LIBRARY
 
 
 # --- 2. correctness ------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def main() -> int:
     log(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
     library = Path(args.library).resolve() if args.library else build(args.build_dir.resolve())
-    os.environ[kernels.ENV_VAR] = str(library)
+    os.environ[libraries.KERNELS_ENV] = str(library)
     kernels._library.cache_clear()
     if not kernels.available():
         log(f"FAIL: kernels not available (GPU: {torch.cuda.is_available()}, library: {kernels.library_path()})")

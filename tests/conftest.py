@@ -21,6 +21,26 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("tpdeploy")
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(workdir):
+    """deit_tiny, Token-Pooled (0.58x preset), dynamic batch, fp32: exported once per session."""
+    return _export_once(workdir / "deit_tiny_058.onnx", preset="deit_tiny_058")
+
+
+@pytest.fixture(scope="session")
+def tiny_dense_onnx(workdir):
+    """Dense deit_tiny, dynamic batch, fp32: exported once per session."""
+    return _export_once(workdir / "deit_tiny_dense.onnx", method="none")
+
+
+def _export_once(path, **model_args):
+    from tpdeploy.export import export
+    from tpdeploy.model import create_model
+    if not path.exists():
+        export(create_model("deit_tiny", **model_args), str(path))
+    return str(path)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -114,7 +114,7 @@ def test_unwritable_output(tmp_path):
 def test_corrupt_or_missing_model_files(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")
-    assert_user_error(run("bench", bad, "--iterations", 1), "cannot load ONNX model")
+    assert_user_error(run("bench", bad, "--iterations", 1), "cannot read ONNX model")
     assert_user_error(run("compare", bad), "cannot")
     assert_user_error(run("info", bad), "cannot read ONNX model")
     assert_user_error(run("bench", tmp_path / "missing.onnx"), "not found")

@@ -12,210 +12,262 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
+from standin import standin_engine, standin_onnx
 from tpdeploy import TpdeployError, engine, onnx_op
+from tpdeploy.artifacts import engine_file, libraries
+from tpdeploy.artifacts.files import sha256
+from tpdeploy.artifacts.tokenpool import PLUGIN_FIELDS
+from tpdeploy.backends import trt as trt_backend
 from tpdeploy.images import sample_images
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def images_model(path, batch="B", dtype=TensorProto.FLOAT, pools=((150, "kmedoids"),)):
-    """A stand-in exported model: images in, TokenPool nodes inside (only the graph's interface matters here)."""
-    nodes, x = [], "images"
-    for i, (k, mode) in enumerate(pools):
-        nodes.append(onnx_op.make_node(x, "w", f"y{i}", k, 3, mode, True, name=f"TokenPool_{i}"))
-        x = f"y{i}"
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", dtype, [batch, 3, 224, 224]),
-                                            helper.make_tensor_value_info("w", dtype, [batch, 3])],
-                              [helper.make_tensor_value_info(x, dtype, None)])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("tpdeploy", 1)]),
-              str(path))
-    return str(path)
-
-
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     (tmp_path / "lib").mkdir()
-    lib = tmp_path / "lib" / engine.PLUGIN_LIBRARY
+    lib = tmp_path / "lib" / libraries.PLUGIN_LIBRARY
     lib.write_bytes(b"\x7fELF not really")
-    monkeypatch.setenv(engine.PLUGIN_ENV, str(lib))
+    monkeypatch.setenv(libraries.PLUGIN_ENV, str(lib))
     return str(lib)
 
 
-def test_default_profile_and_trt10_fp16_flag(tmp_path, plugin):
-    plan = engine.plan_build(images_model(tmp_path / "m.onnx"), "m.plan", trt_major=10, fp16=True)
-    assert (plan.min_batch, plan.opt_batch, plan.max_batch) == (1, 8, 32)
-    assert plan.builder_fp16_flag and not plan.strongly_typed and not plan.needs_fp16_graph
-    assert plan.input_dtype == "float32" and plan.fp16 and plan.plugin == plugin
+@pytest.fixture
+def no_plugin_anywhere(tmp_path, monkeypatch):
+    monkeypatch.delenv(libraries.PLUGIN_ENV, raising=False)
+    monkeypatch.setattr(libraries, "_PACKAGE", tmp_path / "pkg")  # no build/plugins beside this package
+
+
+def test_default_profile_and_fp16_means_a_converted_graph(tmp_path, plugin):
+    plan = engine.plan_build(standin_onnx(tmp_path / "m.onnx"), str(tmp_path / "m.plan"), fp16=True)
+    assert (plan.spec.min_batch, plan.opt_batch, plan.spec.max_batch) == (1, 8, 32)
+    assert plan.convert_to_fp16 and plan.fp16 and plan.spec.input.dtype == plan.spec.output.dtype == "float16"
+    assert plan.recipe.dtype == "fp16" and plan.plugin == plugin
     assert plan.token_pool_nodes == [{"name": "TokenPool_0", "num_clusters": 150, "iterations": 3,
                                       "mode": "kmedoids", "weighted": 1}]
-
-
-def test_trt11_fp16_means_an_fp16_graph(tmp_path, plugin):
-    fp32 = engine.plan_build(images_model(tmp_path / "a.onnx"), "a.plan", trt_major=11, fp16=True)
-    assert fp32.needs_fp16_graph and fp32.strongly_typed and not fp32.builder_fp16_flag
-    assert fp32.input_dtype == "float16"
-    fp16 = engine.plan_build(images_model(tmp_path / "b.onnx", dtype=TensorProto.FLOAT16), "b.plan", trt_major=11)
-    assert fp16.fp16 and not fp16.needs_fp16_graph and fp16.input_dtype == "float16"
-    plain = engine.plan_build(images_model(tmp_path / "c.onnx"), "c.plan", trt_major=11)
-    assert not plain.fp16 and plain.strongly_typed and plain.input_dtype == "float32"
+    fp16_file = engine.plan_build(standin_onnx(tmp_path / "h.onnx", dtype="float16"), str(tmp_path / "h.plan"))
+    assert fp16_file.fp16 and not fp16_file.convert_to_fp16
+    plain = engine.plan_build(standin_onnx(tmp_path / "p.onnx"), str(tmp_path / "p.plan"))
+    assert not plain.fp16 and not plain.convert_to_fp16 and plain.spec.input.dtype == "float32"
 
 
 def test_profile_arguments(tmp_path, plugin):
-    path = images_model(tmp_path / "m.onnx")
-    plan = engine.plan_build(path, "m.plan", 10, min_batch=4, max_batch=64)
-    assert (plan.min_batch, plan.opt_batch, plan.max_batch) == (4, 8, 64)
-    plan = engine.plan_build(path, "m.plan", 10, min_batch=16)
-    assert (plan.min_batch, plan.opt_batch, plan.max_batch) == (16, 16, 32)
+    path = standin_onnx(tmp_path / "m.onnx")
+    out = str(tmp_path / "m.plan")
+    plan = engine.plan_build(path, out, min_batch=4, max_batch=64)
+    assert (plan.spec.min_batch, plan.opt_batch, plan.spec.max_batch) == (4, 8, 64)
+    plan = engine.plan_build(path, out, min_batch=16)
+    assert plan.profile() == "16/16/32"
     with pytest.raises(TpdeployError, match="min <= opt <= max"):
-        engine.plan_build(path, "m.plan", 10, min_batch=8, opt_batch=4)
-    fixed = images_model(tmp_path / "fixed.onnx", batch=4)
-    assert engine.plan_build(fixed, "f.plan", 10).max_batch == 4
+        engine.plan_build(path, out, min_batch=8, opt_batch=4)
+    fixed = standin_onnx(tmp_path / "fixed.onnx", batch=4)
+    assert engine.plan_build(fixed, out).spec.max_batch == 4
     with pytest.raises(TpdeployError, match="fixed batch of 4"):
-        engine.plan_build(fixed, "f.plan", 10, max_batch=8)
-    with pytest.raises(TpdeployError, match="at least 1 MiB"):
-        engine.plan_build(path, "m.plan", 10, workspace_mib=0)
+        engine.plan_build(fixed, out, max_batch=8)
+    with pytest.raises(TpdeployError, match="workspace"):
+        engine.plan_build(path, out, workspace_mib=0)
+    with pytest.raises(TpdeployError, match="also an input"):
+        engine.plan_build(path, path)
 
 
-def test_plugin_choice(tmp_path, monkeypatch):
-    monkeypatch.delenv(engine.PLUGIN_ENV, raising=False)
-    monkeypatch.setattr("tpdeploy.libraries._PACKAGE", tmp_path)  # no build/plugins beside this package
-    path = images_model(tmp_path / "m.onnx")
-    with pytest.raises(TpdeployError, match="--no-plugin"):
-        engine.plan_build(path, "m.plan", 10)
-    assert engine.plan_build(path, "m.plan", 10, no_plugin=True).plugin is None
+def test_plugin_choice(tmp_path, no_plugin_anywhere):
+    path = standin_onnx(tmp_path / "m.onnx")
+    out = str(tmp_path / "m.plan")
+    with pytest.raises(TpdeployError, match="--plugin PATH"):
+        engine.plan_build(path, out)
+    assert engine.plan_build(path, out, no_plugin=True).plugin is None
     with pytest.raises(TpdeployError, match="library not found"):
-        engine.plan_build(path, "m.plan", 10, plugin=str(tmp_path / "nope.so"))
+        engine.plan_build(path, out, plugin=str(tmp_path / "nope.so"))
     with pytest.raises(TpdeployError, match="not both"):
-        engine.plan_build(path, "m.plan", 10, plugin="x.so", no_plugin=True)
-    dense = images_model(tmp_path / "dense.onnx", pools=())
-    assert engine.plan_build(dense, "d.plan", 10).plugin is None  # nothing to plug in
+        engine.plan_build(path, out, plugin="x.so", no_plugin=True)
+    dense = standin_onnx(tmp_path / "dense.onnx", pools=())
+    assert engine.plan_build(dense, out).plugin is None  # nothing to plug in
 
 
 def test_plugin_fields_come_from_the_node_attributes(tmp_path, plugin):
-    path = images_model(tmp_path / "m.onnx", pools=((120, "kmeans"), (60, "kmedoids")))
-    plan = engine.plan_build(path, "m.plan", 10)
+    path = standin_onnx(tmp_path / "m.onnx", pools=((120, "kmeans"), (60, "kmedoids")))
+    plan = engine.plan_build(path, str(tmp_path / "m.plan"))
     assert [(n["num_clusters"], n["mode"]) for n in plan.token_pool_nodes] == [(120, "kmeans"), (60, "kmedoids")]
     proto = onnx.load(path)
-    for a in proto.graph.node[0].attribute:
-        if a.name == "num_clusters":
-            a.type, a.s = onnx.AttributeProto.STRING, b"120"
+    next(a for a in proto.graph.node[2].attribute if a.name == "mode").s = b"kmedian"
     onnx.save(proto, path)
-    with pytest.raises(TpdeployError, match="num_clusters is missing or of the wrong type"):
-        engine.plan_build(path, "m.plan", 10)
+    with pytest.raises(TpdeployError, match="not a TokenPool v1 node the plugin can run"):
+        engine.plan_build(path, str(tmp_path / "m.plan"))
 
 
 def test_plugin_source_declares_the_same_fields():
-    """The C++ creator's fields are the ones the ONNX attributes map to (INT -> kINT32, STRING -> kCHAR)."""
-    source = (REPO / "plugins" / "tokenpool" / "tokenPoolPlugin.cpp").read_text()
-    kinds = {onnx.AttributeProto.INT: "kINT32", onnx.AttributeProto.STRING: "kCHAR"}
-    for name, kind in engine.PLUGIN_FIELDS.items():
-        assert re.search(rf'"{name}".*PluginFieldType::{kinds[kind]}', source), name
+    """The C++ creator reads the fields the ONNX node carries (INT -> kINT32, STRING -> kCHAR)."""
+    source = "\n".join(p.read_text() for p in (REPO / "plugins" / "tokenpool").glob("*.cpp"))
+    for name in PLUGIN_FIELDS:
+        assert re.search(rf'"{name}"', source), name
 
 
-def test_no_plugin_inlines_the_function_into_standard_ops(tmp_path):
-    """--no-plugin hands TensorRT the function body; the inlined graph computes the same as the original."""
-    model = onnx_op.single_op_model("float32", 5, 3, "kmedoids", True)
-    path = tmp_path / "op.onnx"
-    onnx.save(model, str(path))
-    inlined = onnx.load_from_string(engine._onnx_bytes(str(path), inline=True))
-    assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
-    rng = np.random.default_rng(0)
-    feeds = {"X": rng.normal(size=(2, 20, 8)).astype(np.float32), "W": rng.random((2, 20)).astype(np.float32)}
-    run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0]  # noqa: E731
-    np.testing.assert_array_equal(run(inlined), run(model))
+def test_no_plugin_inlines_the_function_and_folds_its_constant_condition(tmp_path):
+    """--no-plugin hands TensorRT the function body with `If (iterations == 0)` resolved: standard ops, no If
+    around the Loop, and the same results as the original."""
+    for iterations, loops in ((3, 1), (0, 0)):
+        model = onnx_op.single_op_model("float32", 5, iterations, "kmedoids", True)
+        inlined = onnx_op.inline_functions(model)
+        assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
+        assert [n.op_type for n in inlined.graph.node].count("If") == 0
+        assert [n.op_type for n in inlined.graph.node].count("Loop") == loops
+        onnx.checker.check_model(inlined, full_check=True)
+        rng = np.random.default_rng(iterations)
+        feeds = {"X": rng.normal(size=(2, 20, 8)).astype(np.float32), "W": rng.random((2, 20)).astype(np.float32)}
+        run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0]  # noqa: E731
+        np.testing.assert_array_equal(run(inlined), run(model))
 
 
-def sidecar_for(tmp_path, plugin):
-    plan = engine.plan_build(images_model(tmp_path / "m.onnx"), str(tmp_path / "m.plan"), 10, fp16=True)
-    return engine.make_sidecar(plan, "10.8.0.43", "NVIDIA H100 80GB HBM3", "90")
+def test_network_onnx_is_what_tensorrt_parses(tmp_path, plugin):
+    path = standin_onnx(tmp_path / "m.onnx")
+    with_plugin = onnx.load_from_string(engine.network_onnx(engine.plan_build(path, str(tmp_path / "a.plan"))))
+    assert [n.op_type for n in with_plugin.graph.node].count("TokenPool") == 1
+    inlined = onnx.load_from_string(engine.network_onnx(engine.plan_build(path, str(tmp_path / "b.plan"),
+                                                                          no_plugin=True)))
+    assert "TokenPool" not in {n.op_type for n in inlined.graph.node} and not inlined.functions
+
+
+def test_a_node_missing_from_the_plugin_layers_is_reported():
+    nodes = [{"name": "TokenPool_0"}, {"name": "TokenPool_1"}]
+    assert engine.missing_plugin_layers(nodes, ["TokenPool_0", "TokenPool_1"]) == []
+    assert engine.missing_plugin_layers(nodes, ["TokenPool_1"]) == ["TokenPool_0"]
 
 
 def test_sidecar_records_what_the_engine_needs(tmp_path, plugin):
-    sidecar = sidecar_for(tmp_path, plugin)
-    json.dumps(sidecar)  # serialisable
-    assert sidecar["plugin_sha256"] == engine.sha256(plugin) and len(sidecar["onnx_sha256"]) == 64
-    assert sidecar["build_args"]["fp16"] and sidecar["max_batch"] == 32 and sidecar["input_dtype"] == "float32"
+    plan_path, sidecar = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"), fp16=True)
+    text = Path(engine_file.sidecar_path(plan_path)).read_text()
+    d = json.loads(text)
+    assert d["schema"] == engine_file.SCHEMA and d["plugin_sha256"] == sha256(plugin)
+    assert d["engine_sha256"] == sha256(plan_path) and len(d["onnx_sha256"]) == 64
+    assert d["spec"]["input"]["dtype"] == "float16" and d["spec"]["max_batch"] == 32 and d["build"]["fp16"]
+    assert str(tmp_path) not in text  # no local path in a shipped file
+    read = engine_file.read_sidecar(plan_path)
+    assert read.spec == sidecar.spec and read.recipe == sidecar.recipe and read.plugin_sha256 == sha256(plugin)
+
+
+def test_a_changed_engine_or_a_bad_sidecar_is_refused(tmp_path, plugin):
+    plan_path, _ = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"))
+    Path(plan_path).write_bytes(b"another engine")
+    with pytest.raises(TpdeployError, match="not the engine its sidecar describes"):
+        engine_file.read_sidecar(plan_path)
+    Path(engine_file.sidecar_path(plan_path)).write_text('{"input_dtype": "float16"}')
+    with pytest.raises(TpdeployError, match="schema"):
+        engine_file.read_sidecar(plan_path)
+    os.unlink(engine_file.sidecar_path(plan_path))
+    with pytest.raises(TpdeployError, match="no sidecar"):
+        engine_file.read_sidecar(plan_path)
 
 
 def test_engines_built_elsewhere_are_refused_with_the_reason(tmp_path, plugin):
-    sidecar = sidecar_for(tmp_path, plugin)
-    h = engine.sha256(plugin)
-    engine.check_compatible(sidecar, "10.8.0.43", "90", h)
+    _, sidecar = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"))
+    h = sha256(plugin)
+    engine_file.check_compatible(sidecar, "10.8.0.43", "90", h)
     with pytest.raises(TpdeployError, match=r"built with TensorRT 10.8.0.43 .*this machine has TensorRT 10.9.0.1"):
-        engine.check_compatible(sidecar, "10.9.0.1", "90", h)
+        engine_file.check_compatible(sidecar, "10.9.0.1", "90", h)
     with pytest.raises(TpdeployError, match=r"sm_90.*this GPU is sm_89.*rebuild"):
-        engine.check_compatible(sidecar, "10.8.0.43", "89", h)
-    with pytest.raises(TpdeployError, match="another TokenPool plugin library"):
-        engine.check_compatible(sidecar, "10.8.0.43", "90", "0" * 64)
+        engine_file.check_compatible(sidecar, "10.8.0.43", "89", h)
+    with pytest.raises(TpdeployError, match="another build"):
+        engine_file.check_compatible(sidecar, "10.8.0.43", "90", "0" * 64)
 
 
-def test_runtime_plugin_choice(tmp_path, plugin, monkeypatch):
-    assert engine.runtime_plugin(None, {"plugin": plugin}) == plugin
-    assert engine.runtime_plugin(None, {"plugin": None}) is None  # built with --no-plugin
-    assert engine.runtime_plugin(None, None) == plugin  # unknown engine: load what there is
-    moved = {"plugin": str(tmp_path / "gone.so")}
-    assert engine.runtime_plugin(None, moved) == plugin  # found again by the default search
-    monkeypatch.delenv(engine.PLUGIN_ENV)
-    monkeypatch.setattr("tpdeploy.libraries._PACKAGE", tmp_path)
-    with pytest.raises(TpdeployError, match="plugin library .* not found"):
-        engine.runtime_plugin(None, moved)
+def test_plugin_search_order(tmp_path, no_plugin_anywhere, monkeypatch):
+    engine_dir = tmp_path / "deploy"
+    engine_dir.mkdir()
+    plan = engine_dir / "m.plan"
+    assert libraries.find_plugin(beside=str(plan), required=False) is None
+    beside = engine_dir / libraries.PLUGIN_LIBRARY
+    beside.write_bytes(b"beside")
+    assert libraries.find_plugin(beside=str(plan)) == str(beside)
+    env = tmp_path / "env.so"
+    env.write_bytes(b"env")
+    monkeypatch.setenv(libraries.PLUGIN_ENV, str(env))
+    assert libraries.find_plugin(beside=str(plan)) == str(env)
+    assert libraries.find_plugin(str(beside), beside=str(plan)) == str(beside)  # explicit wins
+
+
+def test_each_plugin_library_is_loaded_once_per_process(tmp_path):
+    """TensorRT's loadLibrary refuses a library whose creators are registered: build then load two engines
+    (and bench --baseline, compare a.plan b.plan) must load it once; a different library is refused."""
+    calls = []
+    registry = libraries.PluginLibraries()
+    lib = tmp_path / "libtpdeploy_plugin.so"
+    lib.write_bytes(b"plugin")
+    copy = tmp_path / "repo" / "libtpdeploy_plugin.so"
+    copy.parent.mkdir()
+    copy.write_bytes(b"plugin")
+
+    def load_library(path):
+        calls.append(path)
+        return f"handle:{path}"
+    handle = registry.load(str(lib), load_library)  # build-engine
+    assert registry.load(str(lib), load_library) == handle  # the first engine's runner
+    assert registry.load(str(copy), load_library) == handle  # the same bytes from a model repository
+    assert calls == [str(lib)] and registry.loaded() == [str(lib)]
+    other = tmp_path / "other.so"
+    other.write_bytes(b"another build")
+    with pytest.raises(TpdeployError, match="already loaded in this process"):
+        registry.load(str(other), load_library)
+    failing = libraries.PluginLibraries()
+    with pytest.raises(TpdeployError, match="could not load the plugin library") as e:
+        failing.load(str(other), lambda path: None)
+    assert e.value.exit_code == 3 and failing.loaded() == []
+
+
+def test_tensorrt_version_rule():
+    for ok in ("10.7.0.23", "10.16.1", "11.1.0"):
+        trt_backend.check_tensorrt_version(ok)
+    for old in ("10.6.0", "8.6.1"):
+        with pytest.raises(TpdeployError, match=">= 10.7"):
+            trt_backend.check_tensorrt_version(old)
 
 
 def test_info_on_an_engine_reads_its_sidecar(tmp_path, plugin):
-    plan_path = tmp_path / "m.plan"
-    plan_path.write_bytes(b"engine bytes")
-    Path(engine.sidecar_path(str(plan_path))).write_text(json.dumps(sidecar_for(tmp_path, plugin)))
-    result = subprocess.run([sys.executable, "-m", "tpdeploy", "info", str(plan_path), "--json"],
+    plan_path, _ = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"), fp16=True)
+    result = subprocess.run([sys.executable, "-m", "tpdeploy", "info", plan_path, "--json"],
                             capture_output=True, text=True)
     info = json.loads(result.stdout)
-    assert info["tensorrt_version"] == "10.8.0.43" and info["compute_capability"] == "90" and info["fp16"]
+    assert info["tensorrt_version"] == "10.8.0.43" and info["compute_capability"] == "90"
+    assert "float16" in info["io"] and info["dtype"] == "fp16" and info["build"]["fp16"]
 
 
 def _has_tensorrt():
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
         return hasattr(tensorrt, "Builder")
     except ImportError:
         return False
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the missing-TensorRT path cannot be shown")
-def test_build_engine_without_tensorrt_says_what_to_install(tmp_path):
-    onnx_path = images_model(tmp_path / "m.onnx")
+def test_build_engine_without_tensorrt_says_what_to_install(tmp_path, plugin):
+    onnx_path = standin_onnx(tmp_path / "m.onnx")
     result = subprocess.run([sys.executable, "-m", "tpdeploy", "build-engine", onnx_path, "-o", str(tmp_path / "m.plan"),
                              "--fp16"], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: TensorRT is not installed: ")
-    assert "pip install tensorrt" in result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
-    result = subprocess.run([sys.executable, "-m", "tpdeploy", "bench", str(tmp_path / "m.onnx").replace(".onnx", ".plan")],
-                            capture_output=True, text=True)
-    assert result.returncode == 1 and "not found" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: building and running TensorRT engines needs ")
+    assert "pip install 'tpdeploy[tensorrt]'" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["lib", "m.onnx"]
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed")
-def test_runtime_engine_without_tensorrt(tmp_path):
+def test_runtime_engine_without_tensorrt(tmp_path, plugin):
     from tpdeploy import runtime
-    plan = tmp_path / "x.plan"
-    plan.write_bytes(b"not an engine")
-    with pytest.raises(TpdeployError, match="TensorRT is not installed"):
-        runtime.load(str(plan))
+    plan_path, _ = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"))
+    with pytest.raises(TpdeployError, match="needs TensorRT"):
+        runtime.load(plan_path)
 
 
 # --- with TensorRT and a GPU ------------------------------------------------------------------------------
 
 def _trt_ready():
     if not _has_tensorrt():
-        return "needs TensorRT (pip install tensorrt) and an NVIDIA GPU"
+        return "needs TensorRT (pip install 'tpdeploy[tensorrt]') and an NVIDIA GPU"
     try:
-        engine.gpu_identity()
+        trt_backend.device_properties()
     except TpdeployError as e:
         return f"needs an NVIDIA GPU: {e}"
-    try:
-        engine.find_plugin()
-    except TpdeployError:
+    if libraries.find_plugin(required=False) is None:
         return "needs the plugin library: make plugins TENSORRT_ROOT=..."
     return None
 
@@ -232,10 +284,9 @@ def engines(tmp_path_factory):
     for name, kwargs in {"pooled": {"preset": "deit_small_058"}, "dense": {"method": "none"}}.items():
         onnx_path = str(folder / f"{name}.onnx")
         export(create_model("deit_small", **kwargs), onnx_path)
-        trt = engine.import_tensorrt()
         for precision in ("fp32", "fp16"):
-            plan = engine.plan_build(onnx_path, str(folder / f"{name}_{precision}.plan"), engine.trt_major(trt),
-                                     fp16=precision == "fp16", max_batch=16)
+            plan = engine.plan_build(onnx_path, str(folder / f"{name}_{precision}.plan"), fp16=precision == "fp16",
+                                     max_batch=16)
             engine.build(plan)
             out[name, precision] = (onnx_path, plan.output)
     return out
@@ -254,6 +305,19 @@ def test_engine_matches_onnxruntime(engines, precision):
         assert np.abs(got - want).max() / np.abs(want).max() <= 1e-3
     else:
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.875
+
+
+@pytest.mark.trt
+@requires_trt
+def test_two_engines_and_a_build_in_one_process(engines, tmp_path):
+    from tpdeploy import runtime
+    onnx_path, plan_a = engines["pooled", "fp32"]
+    plan_b = engines["pooled", "fp16"][1]
+    a, b = runtime.load(plan_a), runtime.load(plan_b)
+    images = sample_images(2)
+    assert a.infer(images).shape == b.infer(images).shape == (2, 1000)
+    engine.build(engine.plan_build(onnx_path, str(tmp_path / "again.plan"), max_batch=4))
+    assert len(libraries.PLUGINS.loaded()) == 1
 
 
 @pytest.mark.trt
@@ -290,4 +354,3 @@ def test_engine_dense_vs_pooled_timing(engines):
     print(f"TensorRT fp16 batch 16: pooled {pooled.median:.3f} ms, dense {dense.median:.3f} ms, "
           f"speed-up {dense.median / pooled.median:.2f}x")
     assert pooled.median > 0 and dense.median > 0
-

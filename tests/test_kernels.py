@@ -11,6 +11,7 @@ import torch
 from conftest import requires_gpu, requires_nvcc
 
 from tpdeploy import create_model, kernels
+from tpdeploy.artifacts import libraries
 from tpdeploy.images import sample_images
 from tpdeploy.op import reference_token_pool
 
@@ -32,7 +33,7 @@ def library(tmp_path_factory):
     for cmd in (["cmake", "-S", str(REPO / "plugins"), "-B", str(build)], ["cmake", "--build", str(build), "-j"]):
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return build / kernels.LIBRARY
+    return build / libraries.KERNELS_LIBRARY
 
 
 @pytest.fixture(scope="session")
@@ -132,12 +133,12 @@ def test_status_strings(lib):
 
 
 def test_binding_finds_the_library_from_the_environment(monkeypatch, tmp_path):
-    lib_file = tmp_path / kernels.LIBRARY
+    lib_file = tmp_path / libraries.KERNELS_LIBRARY
     lib_file.write_bytes(b"")
-    monkeypatch.setenv(kernels.ENV_VAR, str(lib_file))
+    monkeypatch.setenv(libraries.KERNELS_ENV, str(lib_file))
     assert kernels.library_path() == str(lib_file)
-    monkeypatch.setenv(kernels.ENV_VAR, str(tmp_path / "missing.so"))
-    fallbacks = (REPO / "build" / "plugins" / kernels.LIBRARY, REPO / "tpdeploy" / kernels.LIBRARY)
+    monkeypatch.setenv(libraries.KERNELS_ENV, str(tmp_path / "missing.so"))
+    fallbacks = (REPO / "build" / "plugins" / libraries.KERNELS_LIBRARY, REPO / "tpdeploy" / libraries.KERNELS_LIBRARY)
     assert kernels.library_path() in [None] + [str(f) for f in fallbacks if f.is_file()]
 
 
@@ -174,7 +175,7 @@ DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float32), (torch
 def gpu(library, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with a CUDA build of torch")
-    monkeypatch.setenv(kernels.ENV_VAR, str(library))
+    monkeypatch.setenv(libraries.KERNELS_ENV, str(library))
     kernels._library.cache_clear()
     assert kernels.available()
     yield torch.device("cuda")

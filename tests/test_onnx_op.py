@@ -71,7 +71,7 @@ def test_non_finite_inputs_agree_with_reference(mode, weighted):
 
 def test_node_carries_the_plugin_attributes():
     node = onnx_op.make_node("X", "W", "Y", 5, 2, "kmeans", False)
-    attrs = onnx_op.node_attributes(node)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert (node.domain, node.op_type) == ("tpdeploy", "TokenPool")
     assert attrs == {"num_clusters": 5, "iterations": 2, "mode": b"kmeans", "weighted": 0,
                      "plugin_version": b"1", "plugin_namespace": b"tpdeploy"}

@@ -1,4 +1,4 @@
-"""Serving on a real Triton Inference Server (PyTriton) and Triton model repositories.
+"""Serving on a real Triton Inference Server (PyTriton).
 
 Loopback only, ports chosen free by the test, request loops bounded in count and time. One deit_tiny ONNX export
 per session; one server for most tests (started without LD_LIBRARY_PATH, so the pyenv libpython trap is covered).
@@ -18,14 +18,11 @@ psutil = pytest.importorskip("psutil", reason="needs psutil")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[all]")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[all]")
 
-from google.protobuf import text_format  # noqa: E402
 from PIL import Image  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tpdeploy import runtime  # noqa: E402
 from tpdeploy import serve as sv  # noqa: E402
-from tpdeploy import triton_repo  # noqa: E402
 from tpdeploy.errors import TpdeployError  # noqa: E402
 from tpdeploy.images import sample_images  # noqa: E402
 from tpdeploy.preprocess import preprocess_image  # noqa: E402
@@ -37,17 +34,6 @@ DEADLINE_S = 240.0  # no request loop runs longer than this
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="session")
-def tiny_onnx(workdir):
-    """deit_tiny, Token-Pooled (0.58x preset), dynamic batch, exported once per session."""
-    from tpdeploy.export import export
-    from tpdeploy.model import create_model
-    path = str(workdir / "deit_tiny_058.onnx")
-    if not os.path.exists(path):
-        export(create_model("deit_tiny", preset="deit_tiny_058"), path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def runner(tiny_onnx):
@@ -102,35 +88,6 @@ def _alive(p):
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-# ---------------------------------------------------------------------------------------------- preprocessing
-
-def test_preprocess_image_standard_imagenet_eval():
-    color = (200, 40, 90)
-    buf = io.BytesIO()
-    Image.new("RGB", (400, 300), color).save(buf, format="PNG")
-    x = preprocess_image(buf.getvalue())
-    assert x.shape == (3, 224, 224) and x.dtype == np.float32
-    want = (np.array(color) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    np.testing.assert_allclose(x[:, 112, 112], want, atol=1e-5)
-    # shorter side to 256 then the central 224: a 512x256 image with a 32-px border loses the border entirely
-    img = Image.new("RGB", (512, 256), (255, 0, 0))
-    img.paste((0, 0, 255), (128, 16, 384, 240))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    x = preprocess_image(buf.getvalue())
-    assert np.allclose(x[2], (1 - 0.406) / 0.225, atol=1e-5) and np.allclose(x[0], (0 - 0.485) / 0.229, atol=1e-5)
-    # grayscale and RGBA PNGs become RGB; JPEG decodes
-    for mode in ("L", "RGBA", "P"):
-        assert preprocess_image(encoded("PNG", mode=mode)).shape == (3, 224, 224)
-    assert preprocess_image(encoded("JPEG")).shape == (3, 224, 224)
-
-
-@pytest.mark.parametrize("data", [b"", b"not an image at all", encoded("JPEG")[:200], b"GIF89a" + b"\0" * 100])
-def test_preprocess_image_refuses_garbage(data):
-    with pytest.raises(TpdeployError, match="image"):
-        preprocess_image(data)
 
 
 def test_top_classes_and_libpython_env(monkeypatch):
@@ -194,7 +151,7 @@ def test_http_and_grpc_equal_the_runtime(server, runner):
 
 def test_classify_jpeg_and_png(server, runner):
     blobs = [encoded("JPEG", seed=3), encoded("PNG", seed=4, size=(200, 320))]
-    pre = np.stack([preprocess_image(b) for b in blobs])
+    pre = np.stack([preprocess_image(b, runner.data_config) for b in blobs])
     want_classes, want_scores = sv.top_classes(runner.infer(pre), 5)
     c, g = http(server), grpc(server)
     try:
@@ -356,115 +313,3 @@ def test_sigterm_stops_the_server_and_leaves_no_process(server):
     port_flag = f"--http-port={server.http_port}"
     assert not [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "tritonserver" and port_flag in " ".join(p.info["cmdline"] or [])]
-
-
-# ---------------------------------------------------------------------------------------------- repositories
-
-def _parse(path):
-    with open(path, encoding="utf-8") as f:
-        return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
-
-
-def _tiny_onnx_file(path, dtype, batch):
-    """A small image model (GlobalAveragePool + Gemm) with the export's I/O names, fp32 or fp16, any batch."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    elem = TensorProto.FLOAT16 if dtype == "fp16" else TensorProto.FLOAT
-    npd = np.float16 if dtype == "fp16" else np.float32
-    w = numpy_helper.from_array(np.ones((1000, 3), npd), "w")
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["images"], ["p"]),
-         helper.make_node("Flatten", ["p"], ["f"]),
-         helper.make_node("Gemm", ["f", "w"], ["logits"], transB=1)],
-        "tiny", [helper.make_tensor_value_info("images", elem, [batch, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", elem, [batch, 1000])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return str(path)
-
-
-def test_repository_onnx_config_parses(tiny_onnx, tmp_path):
-    repo = tmp_path / "repo"
-    report = triton_repo.write_repository(tiny_onnx, str(repo), name="deit_tiny_tp", max_batch=16, instances=2)
-    cfg = _parse(repo / "deit_tiny_tp" / "config.pbtxt")
-    assert cfg.name == "deit_tiny_tp" and cfg.platform == "onnxruntime_onnx"
-    assert cfg.max_batch_size == 16 and cfg.HasField("dynamic_batching")
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == triton_repo.DEFAULT_QUEUE_DELAY_US
-    fp32 = model_config_pb2.TYPE_FP32
-    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("images", fp32, [3, 224, 224])]
-    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [("logits", fp32, [1000])]
-    assert cfg.instance_group[0].count == 2
-    assert (repo / "deit_tiny_tp" / "1" / "model.onnx").read_bytes() == open(tiny_onnx, "rb").read()
-    assert report.plugin is None and f"--model-repository={repo}" in (repo / "deit_tiny_tp" / "README.txt").read_text()
-    assert sorted(os.listdir(repo)) == ["deit_tiny_tp"]  # no temporary folder left
-
-
-def test_repository_fp16_and_fixed_batch_onnx(tmp_path):
-    fp16 = _tiny_onnx_file(tmp_path / "m16.onnx", "fp16", "batch")
-    triton_repo.write_repository(fp16, str(tmp_path / "repo"), name="m16")
-    cfg = _parse(tmp_path / "repo" / "m16" / "config.pbtxt")
-    assert cfg.input[0].data_type == cfg.output[0].data_type == model_config_pb2.TYPE_FP16
-    fixed = _tiny_onnx_file(tmp_path / "m8.onnx", "fp32", 8)
-    report = triton_repo.write_repository(fixed, str(tmp_path / "repo"), name="m8")
-    text = (tmp_path / "repo" / "m8" / "config.pbtxt").read_text()
-    cfg = _parse(tmp_path / "repo" / "m8" / "config.pbtxt")
-    assert "max_batch_size: 0" in text and cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
-    assert list(cfg.input[0].dims) == [8, 3, 224, 224] and any("fixed batch" in n for n in report.notes)
-
-
-def test_repository_engine_config_parses_with_plugin(tmp_path):
-    engine = tmp_path / "deit_small_tp.plan"
-    engine.write_bytes(b"fake serialized engine")
-    (tmp_path / "deit_small_tp.plan.json").write_text('{"input_dtype": "float16", "max_batch": 16, "image_size": 224}')
-    plugin = tmp_path / "build" / "libtpdeploy_plugin.so"
-    plugin.parent.mkdir()
-    plugin.write_bytes(b"\x7fELF fake plugin")
-    repo = tmp_path / "repo"
-    report = triton_repo.write_repository(str(engine), str(repo), name="tp_trt", max_batch=32, instances=2,
-                                          plugin=str(plugin))
-    cfg = _parse(repo / "tp_trt" / "config.pbtxt")
-    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
-    assert cfg.max_batch_size == 16 and cfg.HasField("dynamic_batching")  # clamped to the engine's profile
-    assert cfg.input[0].data_type == model_config_pb2.TYPE_FP16 and list(cfg.input[0].dims) == [3, 224, 224]
-    assert list(cfg.output[0].dims) == [1000]
-    assert cfg.instance_group[0].count == 2
-    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (repo / "tp_trt" / "1" / "model.plan").read_bytes() == b"fake serialized engine"
-    copied = repo / "tp_trt" / "libtpdeploy_plugin.so"
-    assert copied.read_bytes() == plugin.read_bytes() and report.plugin == str(copied)
-    readme = (repo / "tp_trt" / "README.txt").read_text()
-    assert f"tritonserver --model-repository={repo} --backend-config=tensorrt,plugins={copied}" in readme
-    assert f"LD_PRELOAD={copied} tritonserver --model-repository={repo}" in readme
-
-
-def test_repository_engine_defaults_and_missing_plugin(tmp_path, monkeypatch):
-    engine = tmp_path / "e.engine"
-    engine.write_bytes(b"fake")
-    monkeypatch.delenv("TPDEPLOY_PLUGIN", raising=False)
-    monkeypatch.setattr("tpdeploy.libraries._PACKAGE", tmp_path)  # the default search finds no plugin
-    report = triton_repo.write_repository(str(engine), str(tmp_path / "repo"), name="e", max_batch=4)
-    cfg = _parse(tmp_path / "repo" / "e" / "config.pbtxt")
-    assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32 and list(cfg.input[0].dims) == [3, 224, 224]
-    assert cfg.max_batch_size == 4 and report.plugin is None
-    assert any("no libtpdeploy_plugin.so found" in n for n in report.notes)
-    assert "plugins=/path/to/libtpdeploy_plugin.so" in (tmp_path / "repo" / "e" / "README.txt").read_text()
-    with pytest.raises(TpdeployError, match="library not found"):
-        triton_repo.write_repository(str(engine), str(tmp_path / "repo"), name="e2", plugin=str(tmp_path / "no.so"))
-
-
-def test_repository_refuses_to_overwrite(tmp_path):
-    model = _tiny_onnx_file(tmp_path / "m.onnx", "fp32", "batch")
-    repo = tmp_path / "repo"
-    triton_repo.write_repository(model, str(repo), name="m", max_batch=4)
-    with pytest.raises(TpdeployError, match="already exists"):
-        triton_repo.write_repository(model, str(repo), name="m", max_batch=8)
-    assert _parse(repo / "m" / "config.pbtxt").max_batch_size == 4
-    triton_repo.write_repository(model, str(repo), name="m", max_batch=8, overwrite=True)
-    assert _parse(repo / "m" / "config.pbtxt").max_batch_size == 8
-    assert sorted(os.listdir(repo)) == ["m"]
-    with pytest.raises(TpdeployError, match="cannot tell the format"):
-        triton_repo.write_repository(str(tmp_path / "m.bin"), str(repo))
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not onnx")
-    with pytest.raises(TpdeployError, match="cannot read ONNX"):
-        triton_repo.write_repository(str(bad), str(repo), name="bad")
-    assert sorted(os.listdir(repo)) == ["m"]

@@ -5,7 +5,7 @@
 """
 from tpdeploy.errors import TpdeployError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["TpdeployError", "create_model", "list_archs", "token_pool", "__version__"]
 _LAZY = {"create_model": "tpdeploy.model", "list_archs": "tpdeploy.model", "token_pool": "tpdeploy.op"}
 

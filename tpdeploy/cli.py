@@ -1,15 +1,23 @@
-"""The `tpdeploy` command line. User errors print one line (`error: ...`) and exit 1; usage errors exit 2."""
+"""The `tpdeploy` command line.
+
+Every error is one line `error: ...` on stderr, never a traceback: exit 1 for a user's mistake, 2 for a usage
+error (a bad option), 3 for a fault of the machine or the engine (`tpdeploy.errors`); 130 after Ctrl+C and 143
+after SIGTERM, which leave no partial output (SIGTERM is turned into an exception so that every temporary file
+is removed on the way out). Set TPDEPLOY_DEBUG=1 to see the traceback of an unexpected error.
+"""
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import signal
 import sys
 
 import click
 
 from tpdeploy import schedule as sched
-from tpdeploy.errors import TpdeployError
+from tpdeploy.errors import TpdeployError, UserError
 
 DEFAULT_ARCH = "deit_small"
 
@@ -18,40 +26,93 @@ def progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 class Cli(click.Group):
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, **extra):
+        signal.signal(signal.SIGTERM, _on_sigterm)
         try:
-            return super().invoke(ctx)
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        except click.ClickException as e:  # usage errors: one line too, with where to look
+            command = f"{e.ctx.command_path} --help" if getattr(e, "ctx", None) else "tpdeploy --help"
+            click.echo(f"error: {e.format_message()} (see `{command}`)", err=True)
+            code = e.exit_code
+        except click.exceptions.Abort:
+            click.echo("error: interrupted", err=True)
+            code = 130
         except TpdeployError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            code = e.exit_code
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            click.echo("error: interrupted", err=True)
+            code = 130
+        except Terminated:
+            click.echo("error: terminated (SIGTERM)", err=True)
+            code = 143
+        except Exception as e:  # noqa: BLE001 - never a traceback: a bug or a fault below us
+            if os.environ.get("TPDEPLOY_DEBUG"):
+                raise
+            click.echo(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                       f" (a fault of the machine or a bug in tpdeploy; TPDEPLOY_DEBUG=1 shows the traceback)", err=True)
+            code = 3
+        sys.exit(code or 0)
 
 
-@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tpdeploy")
-def main():
-    """Deploy Token-Pooled vision transformers: export to ONNX, build TensorRT engines, benchmark, serve."""
+class Number(click.ParamType):
+    """A finite float, at least (or, `open`, more than) `minimum`: click's FloatRange lets NaN through."""
+    name = "number"
+
+    def __init__(self, minimum: float = 0.0, open: bool = False):  # noqa: A002 - click's own word
+        self.minimum, self.open = minimum, open
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x) or x < self.minimum or (self.open and x == self.minimum):
+            self.fail(f"{value!r} is not a finite number {'>' if self.open else '>='} {self.minimum:g}", param, ctx)
+        return x
 
 
-def model_options(f):
-    """The options that pick a Token-Pooled DeiT (SPEC section 2)."""
-    opts = [
-        click.option("--arch", help=f"deit_tiny, deit_small or deit_base (default: the preset's, else {DEFAULT_ARCH})"),
-        click.option("--checkpoint", help="timm/DeiT state dict (.pth, .pt, .bin, .safetensors); default: seeded-random"),
-        click.option("--flops-ratio", type=float, help="solve the schedule for this fraction of dense GMACs, e.g. 0.58"),
-        click.option("--preset", help="a schedule preset from models/ (see `tpdeploy presets`) or a .toml file"),
-        click.option("--schedule", help="patch tokens entering each of the 12 blocks, e.g. 196,196,160,..."),
-        click.option("--method", type=click.Choice(sched.METHODS), help=f"pooling method (default {sched.DEFAULT_METHOD})"),
-        click.option("--iterations", type=int, help=f"clustering iterations T (default {sched.DEFAULT_ITERATIONS})"),
-    ]
-    return functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+POSITIVE = click.IntRange(min=1)
+
+
+def options(*opts):
+    """An argument group: one decorator applying several click options."""
+    return lambda f: functools.reduce(lambda acc, opt: opt(acc), reversed(opts), f)
+
+
+model_options = options(
+    click.option("--arch", help=f"deit_tiny, deit_small or deit_base (default: the preset's, else {DEFAULT_ARCH})"),
+    click.option("--checkpoint", help="timm/DeiT state dict (.pth, .pt, .bin, .safetensors); default: seeded-random"),
+    click.option("--flops-ratio", type=Number(0.0, open=True), help="solve the schedule for this fraction of dense "
+                 "GMACs, e.g. 0.58"),
+    click.option("--preset", help="a schedule preset from models/ (see `tpdeploy presets`) or a .toml file"),
+    click.option("--schedule", help="patch tokens entering each of the 12 blocks, e.g. 196,196,160,..."),
+    click.option("--method", type=click.Choice(sched.METHODS), help=f"pooling method (default {sched.DEFAULT_METHOD})"),
+    click.option("--iterations", type=click.IntRange(min=0), help=f"clustering iterations T (default "
+                 f"{sched.DEFAULT_ITERATIONS})"),
+)
+backend_options = options(
+    click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), help="default: by file type"),
+    click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+    click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)"),
+    click.option("--checkpoint", help="torch backend: the checkpoint the ONNX file was exported from"),
+)
 
 
 def build_model(arch, checkpoint, flops_ratio, preset, schedule, method, iterations):
-    from tpdeploy.model import create_model
+    from tpdeploy.optional import lazy_import
+    create_model = lazy_import("tpdeploy.model", "building a model").create_model
     if arch is None:
         arch = sched.load_preset(preset).arch if preset else DEFAULT_ARCH
     tokens = None
@@ -59,7 +120,7 @@ def build_model(arch, checkpoint, flops_ratio, preset, schedule, method, iterati
         try:
             tokens = [int(t) for t in schedule.replace(" ", "").split(",") if t]
         except ValueError:
-            raise TpdeployError(f"--schedule must be comma-separated integers, got {schedule!r}") from None
+            raise UserError(f"--schedule must be comma-separated integers, got {schedule!r}") from None
     model = create_model(arch, checkpoint=checkpoint, flops_ratio=flops_ratio, preset=preset, schedule=tokens,
                          method=method, iterations=iterations)
     if model.checkpoint is None:
@@ -73,7 +134,8 @@ def model_summary(model) -> dict:
     return {"arch": model.cfg.name, "method": model.method, "iterations": model.iterations,
             "tokens": list(model.tokens), "gmacs": model.macs / 1e9, "gmacs_dense": dense / 1e9,
             "flops_ratio": model.macs / dense, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "pooling_steps": len(model.pools), "checkpoint": model.checkpoint}
+            "pooling_steps": len(model.pools), "checkpoint": model.checkpoint,
+            "data_config": model.cfg.data_config.describe()}
 
 
 def format_summary(s: dict) -> str:
@@ -87,7 +149,19 @@ def format_summary(s: dict) -> str:
         prev = t
     lines.append(f"GMACs {s['gmacs']:.3f} pooled vs {s['gmacs_dense']:.3f} dense ({s['flops_ratio']:.3f}x), "
                  f"{s['pooling_steps']} pooling steps, {s['params_m']:.2f} M params")
+    lines.append(f"preprocessing: {s['data_config']}")
     return "\n".join(lines)
+
+
+def write_json(path: str, data: dict, inputs=()) -> None:
+    from tpdeploy.artifacts.files import write_text
+    write_text(path, json.dumps(data, indent=2) + "\n", inputs)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tpdeploy")
+def main():
+    """Deploy Token-Pooled vision transformers: export to ONNX, build TensorRT engines, benchmark, serve."""
 
 
 @main.command()
@@ -97,6 +171,8 @@ def format_summary(s: dict) -> str:
 def info(model_file, as_json, **model_args):
     """What a model is: from the model options, or from an exported .onnx / built engine file."""
     if model_file:
+        if any(v is not None for v in model_args.values()):
+            raise UserError("give either a model file or model options, not both")
         from tpdeploy.modelinfo import describe_file
         data = describe_file(model_file)
         click.echo(json.dumps(data, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in data.items()))
@@ -116,65 +192,74 @@ def presets():
 @model_options
 @click.option("-o", "--output", required=True, help="the ONNX file to write")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), help="fix the batch size (default: dynamic)")
-@click.option("--opset", type=int, default=None, help="ai.onnx opset (default 20; at least 18)")
+@click.option("--batch", type=POSITIVE, help="fix the batch size (default: dynamic)")
+@click.option("--opset", type=click.IntRange(min=1), default=None, help="ai.onnx opset (default 20; at least 18)")
 def export(output, dtype, batch, opset, **model_args):
     """Export a Token-Pooled DeiT to ONNX with tpdeploy::TokenPool nodes, then validate it against PyTorch."""
-    from tpdeploy.export import DEFAULT_OPSET
-    from tpdeploy.export import export as run_export
+    from tpdeploy.artifacts.files import check_output
+    from tpdeploy.optional import lazy_import
+    inputs = [model_args["checkpoint"], model_args["preset"]]
+    check_output(output, inputs=inputs)  # before the slow work
+    stage = lazy_import("tpdeploy.export", "export")
     model = build_model(**model_args)
     summary = model_summary(model)
-    report = run_export(model, output, dtype=dtype, batch=batch, opset=opset or DEFAULT_OPSET, progress=progress)
+    report = stage.export(model, output, dtype=dtype, batch=batch, opset=opset or stage.DEFAULT_OPSET, inputs=inputs,
+                          progress=progress)
     shape = f"batch {batch}" if batch else "dynamic batch"
     click.echo(f"exported {output} ({report.file_bytes / 1e6:.1f} MB, opset {report.opset}, {shape}, {dtype}, "
                f"{report.token_pool_nodes} TokenPool nodes)")
     click.echo(format_summary(summary))
-    click.echo(f"validation vs PyTorch fp32 on {batch or 2} images: max abs error {report.max_abs_error:.2e}, "
-               f"top-1 agreement {report.top1_agreement:.0%}")
+    click.echo(f"validation vs PyTorch fp32 on {batch or 2} images: max abs error {report.max_abs_error:.2e} "
+               f"({report.max_rel_error:.1e} of the largest logit), top-1 agreement {report.top1_agreement:.0%}")
 
 
-def _runner(spec: str, backend: str | None, device: str, threads: int | None, plugin: str | None = None):
+def _runner(spec: str, backend: str | None, device: str, threads: int | None = None, plugin: str | None = None,
+            checkpoint: str | None = None):
     """A model reference: a path, optionally prefixed by its backend (ort:, trt:, torch:)."""
     from tpdeploy import runtime
     prefix, _, rest = spec.partition(":")
     if rest and prefix in runtime.BACKENDS:
         backend, spec = prefix, rest
     progress(f"loading {spec} ({backend or runtime.default_backend(spec)}, {device})")
-    return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads)
+    return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads, checkpoint=checkpoint)
+
+
+def _path_of(spec: str) -> str:
+    prefix, _, rest = spec.partition(":")
+    return rest if rest and prefix in ("ort", "trt", "torch") else spec
 
 
 @main.command()
 @click.argument("model_file")
-@click.option("--backend", type=click.Choice(["ort", "trt", "torch"]), help="default: by file type")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--warmup-ms", type=float, default=500.0, show_default=True)
-@click.option("--iterations", type=click.IntRange(min=1), help="timed rounds (default: run for --duration)")
-@click.option("--duration", type=float, default=5.0, show_default=True, help="seconds of timed rounds")
-@click.option("--threads", type=click.IntRange(min=1), help="intra-op threads (CPU backends)")
+@backend_options
+@click.option("--batch", type=POSITIVE, default=1, show_default=True)
+@click.option("--warmup-ms", type=Number(0.0), default=500.0, show_default=True)
+@click.option("--iterations", type=POSITIVE, help="timed rounds (default: run for --duration)")
+@click.option("--duration", type=Number(0.0, open=True), default=5.0, show_default=True,
+              help="seconds of timed rounds")
+@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
 @click.option("--baseline", help="a second model (e.g. dense DeiT) timed interleaved in the same run")
-@click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
 @click.option("--no-cuda-graph", is_flag=True, help="TensorRT: enqueue directly instead of replaying a CUDA graph")
 @click.option("--include-transfers", is_flag=True, help="TensorRT: time host-device copies too (trtexec 11 does not)")
 @click.option("--json", "json_path", help="also write the results to this JSON file")
-def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, threads, baseline, plugin,
+def bench(model_file, backend, device, plugin, checkpoint, batch, warmup_ms, iterations, duration, threads, baseline,
           no_cuda_graph, include_transfers, json_path):
     """Latency and throughput like trtexec (min/mean/median/p90/p95/p99/max)."""
     from tpdeploy import bench as b
-    from tpdeploy.files import atomic_output
+    from tpdeploy.artifacts.files import check_output
     from tpdeploy.images import sample_images
-    runners = [_runner(model_file, backend, device, threads, plugin)]
-    if baseline:
-        runners.append(_runner(baseline, backend, device, threads, plugin))
-    images = sample_images(batch, runners[0].image_size)
+    models = [model_file] + ([baseline] if baseline else [])
+    if json_path:
+        check_output(json_path, inputs=[_path_of(m) for m in models] + [checkpoint, plugin])
+    runners = [_runner(m, backend, device, threads, plugin, checkpoint) for m in models]
+    images = sample_images(batch, runners[0].image_size, config=runners[0].data_config)
     for r in runners:
         r.check_input(images)
     calls = [r.timed_call(images, not no_cuda_graph, include_transfers) if hasattr(r, "timed_call")
              else functools.partial(r.infer, images) for r in runners]
     times = b.measure(calls, warmup_ms, iterations, duration, progress)
     stats = [b.LatencyStats.of(t, batch) for t in times]
-    names = [model_file] + ([baseline] if baseline else [])
-    click.echo(b.table(list(zip([os.path.basename(n) for n in names], stats))))
+    click.echo(b.table(list(zip([os.path.basename(n) for n in models], stats))))
     result = {"model": model_file, "backend": runners[0].backend, "batch": batch, "latency_ms": stats[0].latency_ms(),
               "throughput": stats[0].throughput, "iterations": stats[0].iterations, "machine": b.machine()}
     if baseline:
@@ -183,29 +268,31 @@ def bench(model_file, backend, device, batch, warmup_ms, iterations, duration, t
         result["baseline"] = {"model": baseline, "latency_ms": stats[1].latency_ms(), "throughput": stats[1].throughput}
         result["speedup"] = speedup
     if json_path:
-        with atomic_output(json_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        write_json(json_path, result, inputs=[_path_of(m) for m in models])
 
 
 @main.command()
 @click.argument("model_a")
 @click.argument("model_b", required=False)
-@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--atol", type=float, default=1e-4, show_default=True)
-@click.option("--rtol", type=float, default=1e-3, show_default=True)
+@click.option("--batch", type=POSITIVE, default=4, show_default=True)
+@click.option("--atol", type=Number(0.0), default=1e-4, show_default=True)
+@click.option("--rtol", type=Number(0.0), default=1e-3, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
-def compare(model_a, model_b, batch, atol, rtol, device, plugin):
+@click.option("--checkpoint", help="for the torch: side, the checkpoint MODEL_A was exported from")
+def compare(model_a, model_b, batch, atol, rtol, device, plugin, checkpoint):
     """Run MODEL_A and MODEL_B (default: the PyTorch model MODEL_A was exported from) on the same images.
 
     Each is a path, optionally prefixed by a backend: ort:x.onnx, trt:x.plan, torch:x.onnx. Exits 1 when any
     logit is out of tolerance (|a - b| > atol + rtol * |b|)."""
     from tpdeploy.compare import compare_outputs
     from tpdeploy.images import sample_images
-    model_b = model_b or f"torch:{model_a.partition(':')[2] or model_a}"
-    a = _runner(model_a, None, device, None, plugin)
-    b = _runner(model_b, None, device, None, plugin)
-    images = sample_images(batch, a.image_size)
+    model_b = model_b or f"torch:{_path_of(model_a)}"
+    a = _runner(model_a, None, device, plugin=plugin, checkpoint=checkpoint)
+    b = _runner(model_b, None, device, plugin=plugin, checkpoint=checkpoint)
+    if a.image_size != b.image_size:
+        raise UserError(f"{model_a} takes {a.image_size} px images, {model_b} {b.image_size} px: not comparable")
+    images = sample_images(batch, a.image_size, config=a.data_config)
     result = compare_outputs(a.infer(images), b.infer(images), atol, rtol)
     click.echo(f"{model_a} vs {model_b} on {batch} images")
     click.echo(f"  max abs error {result.max_abs_error:.3e}  max rel error {result.max_rel_error:.3e}  "
@@ -219,23 +306,23 @@ def compare(model_a, model_b, batch, atol, rtol, device, plugin):
 @main.command("build-engine")
 @click.argument("onnx_file")
 @click.option("-o", "--output", required=True, help="the engine (.plan) to write; a .json sidecar goes beside it")
-@click.option("--fp16", is_flag=True, help="fp16 engine: the builder flag on TensorRT 10, an fp16 graph on TensorRT 11")
-@click.option("--min-batch", type=click.IntRange(min=1), help="profile minimum batch (default 1)")
-@click.option("--opt-batch", type=click.IntRange(min=1), help="profile batch to tune for (default 8)")
-@click.option("--max-batch", type=click.IntRange(min=1), help="profile maximum batch (default 32)")
-@click.option("--workspace", type=int, help="workspace limit in MiB (default: TensorRT's)")
+@click.option("--fp16", is_flag=True, help="float16 engine (the graph is converted; significance stays float32)")
+@click.option("--min-batch", type=POSITIVE, help="profile minimum batch (default 1)")
+@click.option("--opt-batch", type=POSITIVE, help="profile batch to tune for (default 8)")
+@click.option("--max-batch", type=POSITIVE, help="profile maximum batch (default 32)")
+@click.option("--workspace", type=POSITIVE, help="workspace limit in MiB (default: TensorRT's)")
 @click.option("--timing-cache", help="read and update this timing cache file (faster rebuilds)")
 @click.option("--plugin", help="TokenPool plugin library (default: found automatically)")
 @click.option("--no-plugin", is_flag=True, help="inline the TokenPool ONNX function instead of using the plugin")
 def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, workspace, timing_cache, plugin, no_plugin):
     """Build a TensorRT engine from an exported ONNX file, with the TokenPool plugin."""
     from tpdeploy import engine
-    trt = engine.import_tensorrt()
-    plan = engine.plan_build(onnx_file, output, engine.trt_major(trt), fp16, min_batch, opt_batch, max_batch,
-                             workspace, timing_cache, plugin, no_plugin)
+    from tpdeploy.backends.trt import import_tensorrt
+    plan = engine.plan_build(onnx_file, output, fp16, min_batch, opt_batch, max_batch, workspace, timing_cache,
+                             plugin, no_plugin)
+    import_tensorrt()  # after the plan: a mistake in the arguments is reported first
     sidecar = engine.build(plan, progress)
-    click.echo(f"built {output} (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, "
-               f"batch {plan.min_batch}/{plan.opt_batch}/{plan.max_batch}, {'fp16' if plan.fp16 else 'fp32'}, "
+    click.echo(f"built {output} ({sidecar.describe()}, batch {plan.profile()}, {plan.spec.input.dtype}, "
                f"{'plugin ' + plan.plugin if plan.plugin else 'no plugin'})")
 
 
@@ -249,14 +336,14 @@ def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, works
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
               help="Prometheus metrics at /metrics (0: off)")
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--max-batch", type=POSITIVE, default=32, show_default=True,
               help="largest batch the dynamic batcher forms (Triton max_batch_size)")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
               help="how long a request may wait for others to join its batch")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--instances", type=POSITIVE, default=1, show_default=True,
               help="model instances: batches executed concurrently (one shared, thread-safe runner)")
 @click.option("--name", help="Triton model name (default: the file name); the image classifier is NAME_classify")
-@click.option("--threads", type=click.IntRange(min=1), help="intra-op threads (CPU backends)")
+@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
 @click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)")
 @click.option("--verbose", is_flag=True, help="show Triton Inference Server's own log")
 def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port, max_batch, max_queue_delay_us,
@@ -265,21 +352,22 @@ def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port,
 
     Two models: NAME (images FP32 [B, 3, 224, 224] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
     bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
-    from tpdeploy.serve import serve as run_server
-    run_server(model_file, backend=backend, host=host, http_port=http_port, grpc_port=grpc_port,
-               metrics_port=metrics_port or None, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-               instances=instances, name=name, device=device, plugin=plugin, threads=threads, verbose=verbose,
-               progress=progress)
+    from tpdeploy.optional import lazy_import
+    lazy_import("tpdeploy.serve", "serving").serve(
+        model_file, backend=backend, host=host, http_port=http_port, grpc_port=grpc_port,
+        metrics_port=metrics_port or None, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+        instances=instances, name=name, device=device, plugin=plugin, threads=threads, verbose=verbose,
+        progress=progress)
 
 
 @main.command("triton-repo")
 @click.argument("model_file")
 @click.option("--repository", required=True, help="the Triton model repository folder (created if missing)")
 @click.option("--name", help="model name in the repository (default: the file name)")
-@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="max_batch_size")
+@click.option("--max-batch", type=POSITIVE, default=32, show_default=True, help="max_batch_size")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=500, show_default=True,
               help="dynamic batching max_queue_delay_microseconds")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="instance_group count")
+@click.option("--instances", type=POSITIVE, default=1, show_default=True, help="instance_group count")
 @click.option("--plugin", help="TokenPool plugin library to put beside an engine (default: found automatically)")
 @click.option("--overwrite", is_flag=True, help="replace the model's folder if it exists")
 def triton_repo(model_file, repository, name, max_batch, max_queue_delay_us, instances, plugin, overwrite):

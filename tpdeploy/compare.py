@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tpdeploy.errors import UserError
+
 
 @dataclass
 class Comparison:
@@ -19,6 +21,8 @@ class Comparison:
 
 def compare_outputs(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> Comparison:
     """Element-wise |a - b| <= atol + rtol * |b| (b is the reference), as numpy.isclose and Polygraphy."""
+    if a.shape != b.shape:
+        raise UserError(f"the models' outputs differ in shape ({list(a.shape)} vs {list(b.shape)}): not comparable")
     a, b = a.astype(np.float64), b.astype(np.float64)
     diff = np.abs(a - b)
     rel = diff / np.maximum(np.abs(b), np.finfo(np.float32).tiny)

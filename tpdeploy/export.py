@@ -15,8 +15,9 @@ import torch
 
 from tpdeploy import onnx_op
 from tpdeploy import schedule as sched
-from tpdeploy.errors import TpdeployError, one_line
-from tpdeploy.files import atomic_output
+from tpdeploy.artifacts import onnx_file
+from tpdeploy.artifacts.files import atomic_output, check_output
+from tpdeploy.errors import UserError, check_choice, check_int, one_line
 from tpdeploy.images import sample_images
 
 DEFAULT_OPSET = 20
@@ -36,16 +37,19 @@ class ExportReport:
     batch: int | None
     opset: int
     token_pool_nodes: int
-    checkpoint: str | None
     max_abs_error: float
+    max_rel_error: float         # max abs error / max |logit|
     top1_agreement: float
     file_bytes: int
 
 
 def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace the model with the dynamo exporter and attach the TokenPool function."""
-    if opset < onnx_op.MIN_OPSET:
-        raise TpdeployError(f"opset {opset} is too old: TokenPool's function needs opset >= {onnx_op.MIN_OPSET}")
+    """Trace the model with the dynamo exporter, attach the TokenPool function and the recipe."""
+    check_choice("dtype", dtype, tuple(DTYPES))
+    if batch is not None:
+        check_int("batch", batch, minimum=1)
+    if check_int("opset", opset) < onnx_op.MIN_OPSET:
+        raise UserError(f"opset {opset} is too old: TokenPool's function needs opset >= {onnx_op.MIN_OPSET}")
     if dtype != "fp32":
         model = copy.deepcopy(model).to(DTYPES[dtype])  # the caller keeps its float32 model
     example = torch.zeros(batch or 2, 3, model.cfg.img_size, model.cfg.img_size, dtype=DTYPES[dtype])
@@ -55,21 +59,20 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                                         dynamic_shapes=dynamic, opset_version=opset, verbose=False)
         except Exception as e:  # noqa: BLE001 - report the exporter's failure in one line
-            raise TpdeployError(f"ONNX export failed: {type(e).__name__}: {one_line(e)}") from None
+            raise UserError(f"ONNX export failed: {type(e).__name__}: {one_line(e)}") from None
     proto = program.model_proto
-    pools = [n for n in proto.graph.node if n.op_type == onnx_op.OP_TYPE and n.domain == onnx_op.DOMAIN]
+    pools = onnx_file.token_pool_nodes(proto)
     if pools:
-        mode = onnx_op.node_attributes(pools[0])["mode"].decode()
-        proto.functions.append(onnx_op.function_proto(opset, mode))
-        for i, node in enumerate(pools):
+        proto.functions.append(onnx_op.function_proto(opset, pools[0]["mode"]))
+        for i, node in enumerate(n for n in proto.graph.node if n.op_type == onnx_op.OP_TYPE):
             node.name = f"TokenPool_{i}"
             del node.metadata_props[:]
     proto.producer_name = "tpdeploy"
-    _set_metadata(proto, model)
+    onnx_file.write_recipe(proto, model.recipe(dtype))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise TpdeployError(f"exported model fails the ONNX checker: {one_line(e)}") from None
+        raise UserError(f"exported model fails the ONNX checker: {one_line(e)}") from None
     return proto
 
 
@@ -87,34 +90,28 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _set_metadata(proto: onnx.ModelProto, model) -> None:
-    """What it takes to rebuild the PyTorch model (`backends.pytorch.TorchRunner.from_onnx`)."""
-    meta = {"tpdeploy.arch": model.cfg.name, "tpdeploy.method": model.method,
-            "tpdeploy.iterations": str(model.iterations), "tpdeploy.tokens": ",".join(map(str, model.tokens)),
-            "tpdeploy.checkpoint": model.checkpoint or "", "tpdeploy.seed": str(model.seed)}
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=v)
-
-
 def export(model, output: str, dtype: str = "fp32", batch: int | None = None, opset: int = DEFAULT_OPSET,
-           validate_batch: int = 2, progress=lambda msg: None) -> ExportReport:
-    """Export, write atomically, then validate onnxruntime against PyTorch (fp32 reference) on sample images."""
+           validate_batch: int = 2, inputs=(), progress=lambda msg: None) -> ExportReport:
+    """Export and validate onnxruntime against PyTorch (fp32 reference) on sample images, then move the file
+    into place: `output` appears only for a model that loaded and ran. `inputs` (the checkpoint, a preset file)
+    are never written over."""
+    check_output(output, inputs=[model.checkpoint, *inputs])
     progress(f"tracing {model.cfg.name} ({model.method}, {dtype}) with the dynamo exporter")
     proto = to_onnx(model, dtype, batch, opset)
-    progress(f"writing {output}")
-    with atomic_output(output) as tmp:
+    with atomic_output(output, inputs=[model.checkpoint, *inputs]) as tmp:
+        progress(f"writing {output}")
         onnx.save(proto, tmp)
-    progress("validating onnxruntime against PyTorch")
-    from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
-    images = sample_images(batch or validate_batch, model.cfg.img_size)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(images)).numpy()
-    got = OnnxRuntimeRunner(output).infer(images).astype(np.float32)
+        progress("validating onnxruntime against PyTorch")
+        from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
+        images = sample_images(batch or validate_batch, model.cfg.img_size)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(images)).numpy()
+        got = OnnxRuntimeRunner(tmp).infer(images).astype(np.float32)
+        file_bytes = os.path.getsize(tmp)
     d = model.cfg.dims
-    pools = sum(1 for n in proto.graph.node if n.op_type == onnx_op.OP_TYPE)
     return ExportReport(
         path=output, arch=model.cfg.name, method=model.method, tokens=model.tokens, gmacs=model.macs / 1e9,
         gmacs_dense=sched.macs(sched.dense(d), d) / 1e9, dtype=dtype, batch=batch, opset=opset,
-        token_pool_nodes=pools, checkpoint=model.checkpoint, max_abs_error=float(np.abs(got - expected).max()),
-        top1_agreement=float((got.argmax(1) == expected.argmax(1)).mean()), file_bytes=os.path.getsize(output))
+        token_pool_nodes=len(onnx_file.token_pool_nodes(proto)), max_abs_error=float(np.abs(got - expected).max()),
+        max_rel_error=float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30)),
+        top1_agreement=float((got.argmax(1) == expected.argmax(1)).mean()), file_bytes=file_bytes)

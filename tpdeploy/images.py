@@ -1,20 +1,17 @@
-"""Test and validation images: structured scenes (shapes, gradients, stripes), ImageNet-normalised."""
+"""Test and validation images: structured scenes (shapes, gradients, stripes), normalised like real inputs."""
 from __future__ import annotations
 
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from tpdeploy.artifacts.recipe import DataConfig
+from tpdeploy.preprocess import normalize
 
 
-def normalize(rgb: np.ndarray) -> np.ndarray:
-    """[H, W, 3] floats in [0, 1] -> [3, H, W] normalised as DeiT was trained."""
-    return ((rgb - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1).astype(np.float32)
-
-
-def sample_images(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
+def sample_images(n: int, size: int = 224, seed: int = 0, config: DataConfig | None = None) -> np.ndarray:
     """[n, 3, size, size] float32: each a gradient background with a disc, a box and stripes, plus a little noise,
-    so tokens are redundant the way natural images are (pure noise would not be)."""
+    so tokens are redundant the way natural images are (pure noise would not be); normalised with the data
+    config's mean and std (default: ImageNet's)."""
+    config = config or DataConfig(input_size=size)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     out = np.empty((n, 3, size, size), np.float32)
@@ -31,5 +28,5 @@ def sample_images(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
         stripes = (np.sin(xx * rng.uniform(10, 60)) > 0.8)[..., None]
         img = np.where(stripes, img * 0.6, img)
         img = np.clip(img + rng.normal(0, 0.02, img.shape).astype(np.float32), 0, 1)
-        out[i] = normalize(img)
+        out[i] = normalize(img, config)
     return out

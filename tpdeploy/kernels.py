@@ -10,11 +10,12 @@ import functools
 
 import torch
 
-from tpdeploy.libraries import find_library
+from tpdeploy.artifacts.libraries import KERNELS_ENV, KERNELS_LIBRARY, find_library
+from tpdeploy.artifacts.tokenpool import MODES
+from tpdeploy.errors import DeviceError, InvalidArgumentError, UserError
 
-LIBRARY = "libtokenpool_kernels.so"
-ENV_VAR = "TPDEPLOY_KERNELS"
-_MODES = {"kmedoids": 0, "kmeans": 1}
+_MODES = {mode: i for i, mode in enumerate(MODES)}  # tpMode of tokenPoolKernel.h
+_TP_ERROR_CUDA = 3
 _DTYPES = {torch.float32: 0, torch.float16: 1}
 _INT_MAX = 2**31 - 1
 
@@ -27,7 +28,7 @@ class Params(ctypes.Structure):
 
 def library_path() -> str | None:
     """The first file of: $TPDEPLOY_KERNELS, <repo>/build/plugins/libtokenpool_kernels.so, one beside the package."""
-    return find_library(LIBRARY, ENV_VAR)
+    return find_library(KERNELS_LIBRARY, KERNELS_ENV)
 
 
 def load(path: str) -> ctypes.CDLL:
@@ -61,34 +62,36 @@ def available() -> bool:
 def _lib() -> ctypes.CDLL:
     lib = _library()
     if lib is None:
-        raise RuntimeError(f"TokenPool CUDA kernels not found: build them with `make plugins` or set {ENV_VAR} "
-                           f"to the path of {LIBRARY}")
+        raise UserError(f"TokenPool CUDA kernels not found: build them with `make plugins` or set {KERNELS_ENV} "
+                        f"to the path of {KERNELS_LIBRARY}")
     return lib
 
 
 def _check(lib: ctypes.CDLL, status: int) -> None:
     if status != 0:
-        raise RuntimeError(f"TokenPool CUDA kernels: {lib.tokenPoolStatusString(status).decode()}")
+        error = DeviceError if status == _TP_ERROR_CUDA else InvalidArgumentError
+        raise error(f"TokenPool CUDA kernels: {lib.tokenPoolStatusString(status).decode()}")
 
 
 def params(x: torch.Tensor, w: torch.Tensor, num_clusters: int, iterations: int, mode: str,
            weighted: bool) -> Params:
-    """The launch parameters for X [B, N, C] and W [B, N]; raises ValueError on what the C API cannot express."""
+    """The launch parameters for X [B, N, C] and W [B, N]; raises InvalidArgumentError on what the C API cannot
+    express."""
     if x.dim() != 3 or tuple(w.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"TokenPool: X must be [B, N, C] and W [B, N], got {list(x.shape)} and {list(w.shape)}")
+        raise InvalidArgumentError(f"TokenPool: X must be [B, N, C] and W [B, N], got {list(x.shape)} and {list(w.shape)}")
     if x.dtype not in _DTYPES or w.dtype not in _DTYPES:
-        raise ValueError(f"TokenPool: X and W must be float32 or float16, got {x.dtype} and {w.dtype}")
+        raise InvalidArgumentError(f"TokenPool: X and W must be float32 or float16, got {x.dtype} and {w.dtype}")
     if mode not in _MODES:
-        raise ValueError(f"TokenPool: mode must be one of {tuple(_MODES)}, got {mode!r}")
+        raise InvalidArgumentError(f"TokenPool: mode must be one of {tuple(_MODES)}, got {mode!r}")
     sizes = (*x.shape, num_clusters, iterations)
     if not all(-_INT_MAX <= v <= _INT_MAX for v in sizes):
-        raise ValueError(f"TokenPool: sizes and attributes must fit in 32 bits, got {list(sizes)}")
+        raise InvalidArgumentError(f"TokenPool: sizes and attributes must fit in 32 bits, got {list(sizes)}")
     b, n, c = x.shape
     return Params(b, n, c, num_clusters, iterations, _MODES[mode], int(bool(weighted)), _DTYPES[x.dtype], _DTYPES[w.dtype])
 
 
 def workspace_size(p: Params) -> int:
-    """Bytes of scratch memory a launch needs; raises RuntimeError for params the kernels refuse."""
+    """Bytes of scratch memory a launch needs; raises InvalidArgumentError for params the kernels refuse."""
     lib = _lib()
     _check(lib, lib.tokenPoolValidate(ctypes.byref(p)))
     return lib.tokenPoolWorkspaceSize(ctypes.byref(p))
@@ -99,7 +102,7 @@ def launch(p: Params, x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, workspa
     lib = _lib()
     for t in (x, w, y, workspace):
         if t.device != x.device or not t.is_contiguous():
-            raise ValueError("TokenPool: x, w, y and workspace must be contiguous tensors on one CUDA device")
+            raise InvalidArgumentError("TokenPool: x, w, y and workspace must be contiguous tensors on one CUDA device")
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream().cuda_stream
         _check(lib, lib.tokenPoolLaunch(ctypes.byref(p), x.data_ptr(), w.data_ptr(), y.data_ptr(),
@@ -110,7 +113,7 @@ def token_pool(x: torch.Tensor, w: torch.Tensor, num_clusters: int, iterations: 
                weighted: bool = True) -> torch.Tensor:
     """TokenPool on CUDA tensors with the CUDA kernels: Y [B, K, C] in X's dtype (see tpdeploy.op.token_pool)."""
     if not (x.is_cuda and w.is_cuda):
-        raise ValueError(f"TokenPool kernels need CUDA tensors, got {x.device} and {w.device}")
+        raise InvalidArgumentError(f"TokenPool kernels need CUDA tensors, got {x.device} and {w.device}")
     p = params(x, w, num_clusters, iterations, mode, weighted)
     x, w = x.contiguous(), w.contiguous()
     # torch's caching allocator provides the scratch memory, ordered on the current stream like the launch

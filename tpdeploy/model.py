@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpdeploy import __version__
 from tpdeploy import schedule as sched
-from tpdeploy.errors import TpdeployError, one_line
+from tpdeploy.artifacts.files import sha256
+from tpdeploy.artifacts.recipe import DataConfig, Recipe
+from tpdeploy.errors import InvalidArgumentError, UserError, check_int, check_number, one_line
 from tpdeploy.op import token_pool
 
 
@@ -28,6 +31,7 @@ class DeiTConfig:
     img_size: int = 224
     mlp_ratio: float = 4.0
     num_classes: int = 1000
+    data_config: DataConfig = DataConfig()  # timm's deit _cfg: bicubic, crop_pct 0.9, ImageNet mean/std
 
     @property
     def timm_name(self) -> str:
@@ -61,7 +65,7 @@ def get_config(arch: str) -> DeiTConfig:
     for cfg in _ARCHS.values():
         if arch in (cfg.name, cfg.timm_name):
             return cfg
-    raise TpdeployError(f"unknown architecture {arch!r}; choose one of {', '.join(_ARCHS)}")
+    raise UserError(f"unknown architecture {arch!r}; choose one of {', '.join(_ARCHS)}")
 
 
 class PatchEmbed(nn.Module):
@@ -161,7 +165,8 @@ class TokenPooledDeiT(nn.Module):
                  iterations: int = sched.DEFAULT_ITERATIONS):
         super().__init__()
         self.cfg, self.method, self.iterations = cfg, method, iterations
-        self.checkpoint: str | None = None  # where the weights came from; None: seeded-random
+        self.checkpoint: str | None = None  # where the weights came from (this machine's path); None: seeded-random
+        self.checkpoint_sha256: str | None = None
         self.seed = 0
         self.tokens = sched.validate(tokens, cfg.dims, method)
         d = cfg.embed_dim
@@ -178,6 +183,13 @@ class TokenPooledDeiT(nn.Module):
     @property
     def macs(self) -> int:
         return sched.macs(self.tokens, self.cfg.dims, self.method, self.iterations)
+
+    def recipe(self, dtype: str = "fp32") -> Recipe:
+        """What an exported file of this model records: enough to rebuild it, no local path."""
+        return Recipe(arch=self.cfg.name, method=self.method, iterations=self.iterations, tokens=self.tokens,
+                      dtype=dtype, num_classes=self.cfg.num_classes, data_config=self.cfg.data_config,
+                      seed=None if self.checkpoint_sha256 else self.seed, checkpoint_sha256=self.checkpoint_sha256,
+                      tpdeploy_version=__version__)
 
     def forward(self, images):
         x = self.patch_embed(images)
@@ -210,7 +222,7 @@ def init_random(model: TokenPooledDeiT, seed: int = 0) -> None:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A timm/DeiT state dict from .pth/.pt/.bin (also wrapped under "model" or "state_dict") or .safetensors."""
     if not os.path.isfile(path):
-        raise TpdeployError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint not found: {path}")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -218,12 +230,12 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign files raise many different types
-        raise TpdeployError(f"cannot read checkpoint {path}: {one_line(e)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {one_line(e)}") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TpdeployError(f"checkpoint {path} holds no state dict of tensors")
+        raise UserError(f"checkpoint {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -243,7 +255,7 @@ def load_state(model: TokenPooledDeiT, state: dict[str, torch.Tensor], source: s
             detail = f"{len(missing)} missing keys, e.g. {missing[0]}"
         else:
             detail = f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}"
-        raise TpdeployError(f"checkpoint {source} does not fit {model.cfg.name}: {detail}{hint}")
+        raise UserError(f"checkpoint {source} does not fit {model.cfg.name}: {detail}{hint}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
@@ -261,18 +273,23 @@ def create_model(arch: str, checkpoint: str | None = None, flops_ratio: float | 
     tokens (196 throughout). A preset brings its own method and iterations unless these are given.
     Without a checkpoint the weights are seeded-random (`model.checkpoint` is None)."""
     if sum(x is not None for x in (flops_ratio, preset, schedule)) > 1:
-        raise TpdeployError("give at most one of flops_ratio, preset and schedule")
+        raise InvalidArgumentError("give at most one of flops_ratio, preset and schedule")
+    seed = check_int("seed", seed, minimum=0)
+    if iterations is not None:
+        iterations = check_int("iterations", iterations, minimum=0)
+    if flops_ratio is not None:
+        flops_ratio = check_number("flops_ratio", flops_ratio, minimum=0.0, exclusive=True)
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise InvalidArgumentError(f"checkpoint must be a path, got {checkpoint!r}")
     if preset is not None:
         p = sched.load_preset(preset)
         if arch != p.arch and get_config(arch).name != p.arch:
-            raise TpdeployError(f"preset {p.name} is for {p.arch}, not {arch}")
+            raise UserError(f"preset {p.name} is for {p.arch}, not {arch}")
         method = method or p.method
         iterations = p.iterations if iterations is None else iterations
     method = method or sched.DEFAULT_METHOD
     sched.check_method(method)
     iterations = sched.DEFAULT_ITERATIONS if iterations is None else iterations
-    if iterations < 0:
-        raise TpdeployError(f"iterations must be >= 0, got {iterations}")
     cfg = get_config(arch)
     if preset is not None:
         tokens = p.tokens
@@ -289,6 +306,8 @@ def create_model(arch: str, checkpoint: str | None = None, flops_ratio: float | 
         init_random(model, seed)
         model.seed = seed
     else:
+        checkpoint = os.fspath(checkpoint)
         load_state(model, read_state_dict(checkpoint), checkpoint)
         model.checkpoint = os.path.abspath(checkpoint)
+        model.checkpoint_sha256 = sha256(checkpoint)
     return model.eval()

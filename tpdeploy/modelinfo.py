@@ -1,47 +1,39 @@
-"""`tpdeploy info FILE`: what an exported ONNX file or a built engine holds."""
+"""`tpdeploy info FILE`: what an exported ONNX file or a built engine holds (from the file alone: no PyTorch,
+no TensorRT)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
-import onnx
-
-from tpdeploy import onnx_op
-from tpdeploy.errors import TpdeployError, one_line
-from tpdeploy.runtime import default_backend
-
-
-def load_onnx(path: str) -> onnx.ModelProto:
-    if not os.path.isfile(path):
-        raise TpdeployError(f"ONNX model not found: {path}")
-    try:
-        return onnx.load(path)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-        raise TpdeployError(f"cannot read ONNX model {path}: {one_line(e)}") from None
+from tpdeploy.artifacts import onnx_file
+from tpdeploy.artifacts.engine_file import read_sidecar
+from tpdeploy.artifacts.formats import ONNX, file_format
+from tpdeploy.artifacts.onnx_file import OnnxFile
 
 
-def _dims(value_info) -> list:
-    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
-
-
-def describe_onnx(path: str) -> dict:
-    proto = load_onnx(path)
-    meta = {p.key.removeprefix("tpdeploy."): p.value for p in proto.metadata_props if p.key.startswith("tpdeploy.")}
-    pools = [onnx_op.node_attributes(n) for n in proto.graph.node if n.op_type == onnx_op.OP_TYPE]
-    inp, out = proto.graph.input[0], proto.graph.output[0]
-    return {
-        "file": path, "format": "onnx", "bytes": os.path.getsize(path),
-        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
-        "input": f"{inp.name} {onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name} {_dims(inp)}",
-        "output": f"{out.name} {_dims(out)}",
-        **meta,
-        "token_pool_nodes": len(pools),
-        "num_clusters": [p["num_clusters"] for p in pools],
-        "local_functions": [f"{f.domain}::{f.name}" for f in proto.functions],
-    }
+def _recipe_fields(recipe) -> dict:
+    if recipe is None:
+        return {"recipe": "none (not exported by tpdeploy)"}
+    d = dataclasses.asdict(recipe)
+    d["tokens"] = list(recipe.tokens)
+    d["data_config"] = recipe.data_config.describe()
+    d["weights"] = recipe.weights
+    return d
 
 
 def describe_file(path: str) -> dict:
-    if default_backend(path) == "ort":
-        return describe_onnx(path)
-    from tpdeploy.engine import describe_engine
-    return describe_engine(path)
+    info = {"file": path}
+    if file_format(path) == ONNX:
+        model = OnnxFile.open(path, load_external_data=False)
+        nodes = model.token_pool_nodes
+        info.update(format="onnx", bytes=os.path.getsize(path), opset=onnx_file.opset(model.proto),
+                    ir_version=model.proto.ir_version, io=model.spec.describe(), **_recipe_fields(model.recipe),
+                    token_pool_nodes=len(nodes), num_clusters=[n.get("num_clusters") for n in nodes],
+                    local_functions=[f"{f.domain}::{f.name}" for f in model.proto.functions])
+        return info
+    sidecar = read_sidecar(path)
+    info.update(format="tensorrt", bytes=os.path.getsize(path), tensorrt_version=sidecar.tensorrt_version,
+                gpu=sidecar.gpu, compute_capability=sidecar.compute_capability, io=sidecar.spec.describe(),
+                plugin="TokenPool plugin (sha256 " + sidecar.plugin_sha256[:16] + "...)" if sidecar.plugin_sha256
+                else "none (TokenPool inlined)", build=sidecar.build, **_recipe_fields(sidecar.recipe))
+    return info

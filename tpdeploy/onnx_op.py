@@ -11,14 +11,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tpdeploy.op import MODES
+from tpdeploy.artifacts.tokenpool import ATTRIBUTES, DOMAIN, FLT_MAX, MODES, OP_TYPE, VERSION
+from tpdeploy.errors import InvalidArgumentError, check_choice
 
-DOMAIN = "tpdeploy"
-OP_TYPE = "TokenPool"
-VERSION = 1
 MIN_OPSET = 18  # ScatterElements with min/max reduction
-ATTRIBUTES = ("num_clusters", "iterations", "mode", "weighted", "plugin_version", "plugin_namespace")
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def make_node(x: str, w: str, y: str, num_clusters: int, iterations: int, mode: str, weighted: bool,
@@ -26,10 +22,6 @@ def make_node(x: str, w: str, y: str, num_clusters: int, iterations: int, mode: 
     return helper.make_node(OP_TYPE, [x, w], [y], name=name, domain=DOMAIN, num_clusters=num_clusters,
                             iterations=iterations, mode=mode, weighted=int(weighted),
                             plugin_version=str(VERSION), plugin_namespace=DOMAIN)
-
-
-def node_attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 class _Builder:
@@ -95,9 +87,8 @@ def function_proto(opset: int, mode: str) -> onnx.FunctionProto:
     `num_clusters`, `iterations` and `weighted` are read from each node's attributes.
     """
     if opset < MIN_OPSET:
-        raise ValueError(f"TokenPool's ONNX function needs opset >= {MIN_OPSET}, got {opset}")
-    if mode not in MODES:
-        raise ValueError(f"TokenPool: mode must be one of {MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"TokenPool's ONNX function needs opset >= {MIN_OPSET}, got {opset}")
+    check_choice("mode", mode, MODES)
     b = _Builder()
     # + 0 keeps onnxruntime from folding the Cast away for float32 X, which would rename a value that the
     # subgraphs read (harmless, but it warns at every session start)
@@ -213,3 +204,45 @@ def single_op_model(dtype: str, num_clusters: int, iterations: int, mode: str, w
         [helper.make_tensor_value_info("Y", elem, ["B", num_clusters, "C"])])
     return helper.make_model(graph, functions=[function_proto(opset, mode)],
                              opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, VERSION)])
+
+
+def inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every TokenPool node replaced by its function body (standard ops only), as TensorRT parses
+    it with --no-plugin. Each node's `If (iterations == 0)` has a constant condition once inlined: it is
+    replaced by the branch it takes, so TensorRT gets no conditional around the loop."""
+    import onnx.inliner
+    model = onnx.inliner.inline_local_functions(proto)
+    _fold_constant_ifs(model.graph)
+    return model
+
+
+def _constant_scalar(graph: onnx.GraphProto, name: str):
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return onnx.numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" \
+                else helper.get_attribute_value(node.attribute[0])
+    for init in graph.initializer:
+        if init.name == name:
+            return onnx.numpy_helper.to_array(init)
+    return None
+
+
+def _fold_constant_ifs(graph: onnx.GraphProto) -> None:
+    """Replace each `If(Equal(a, b))` whose operands are constants by the nodes of the branch it takes."""
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = []
+    for node in graph.node:
+        cond = producer.get(node.input[0]) if node.op_type == "If" else None
+        if cond is not None and cond.op_type == "Equal":
+            a, b = (_constant_scalar(graph, i) for i in cond.input)
+            if a is not None and b is not None:
+                branch = helper.get_attribute_value(
+                    next(x for x in node.attribute if x.name == ("then_branch" if a == b else "else_branch")))
+                nodes.extend(branch.node)
+                # the branch's outputs become the If's outputs
+                nodes.extend(helper.make_node("Identity", [out.name], [name])
+                             for out, name in zip(branch.output, node.output))
+                continue
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)

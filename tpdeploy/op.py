@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("kmedoids", "kmeans")
+from tpdeploy.artifacts import tokenpool
+from tpdeploy.errors import InvalidArgumentError
+
 FLT_MAX = torch.finfo(torch.float32).max
+_DTYPES = (torch.float32, torch.float16)
 
 
-def check_args(x_shape, w_shape, num_clusters: int, iterations: int, mode: str) -> None:
-    """Validate shapes and attributes; raises ValueError with one clear sentence."""
-    if len(x_shape) != 3:
-        raise ValueError(f"TokenPool: X must be [B, N, C], got shape {list(x_shape)}")
-    b, n, _ = x_shape
-    if list(w_shape) != [b, n]:
-        raise ValueError(f"TokenPool: W must be [B, N] = {[b, n]}, got shape {list(w_shape)}")
-    if not 1 <= num_clusters <= n:
-        raise ValueError(f"TokenPool: num_clusters must be in [1, N={n}], got {num_clusters}")
-    if iterations < 0:
-        raise ValueError(f"TokenPool: iterations must be >= 0, got {iterations}")
-    if mode not in MODES:
-        raise ValueError(f"TokenPool: mode must be one of {MODES}, got {mode!r}")
+def check_args(x, w, num_clusters, iterations, mode, weighted) -> tuple[int, int, str, bool]:
+    """Validate the tensors and attributes; raises InvalidArgumentError (a ValueError) with one clear sentence."""
+    for name, t in (("X", x), ("W", w)):
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgumentError(f"TokenPool: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _DTYPES:
+            raise InvalidArgumentError(f"TokenPool: {name} must be float32 or float16, got {t.dtype}")
+    k, t, mode, weighted = tokenpool.check_attributes(num_clusters, iterations, mode, weighted)
+    tokenpool.check_shapes(x.shape, w.shape, k)
+    return k, t, mode, weighted
 
 
 def token_pool(x: torch.Tensor, w: torch.Tensor, num_clusters: int, iterations: int = 3,
@@ -38,17 +38,16 @@ def token_pool(x: torch.Tensor, w: torch.Tensor, num_clusters: int, iterations: 
     """Pool tokens X [B, N, C] with significance W [B, N] into K = num_clusters tokens [B, K, C].
 
     Differentiable with respect to X with the cluster assignments held constant. Under
-    `torch.onnx.export` it becomes one `tpdeploy::TokenPool` node.
+    `torch.onnx.export` it becomes one `tpdeploy::TokenPool` node. CUDA tensors without gradients run on the
+    CUDA kernels (`tpdeploy.kernels`) where they are built and the size is within their limits.
     """
-    check_args(x.shape, w.shape, num_clusters, iterations, mode)
-    if x.dtype not in (torch.float32, torch.float16) or w.dtype not in (torch.float32, torch.float16):
-        raise ValueError(f"TokenPool: X and W must be float32 or float16, got {x.dtype} and {w.dtype}")
+    num_clusters, iterations, mode, weighted = check_args(x, w, num_clusters, iterations, mode, weighted)
     if torch.onnx.is_in_onnx_export():
-        attrs = {"num_clusters": num_clusters, "iterations": iterations, "mode": mode,
-                 "weighted": int(weighted), "plugin_version": "1", "plugin_namespace": "tpdeploy"}
-        return torch.onnx.ops.symbolic("tpdeploy::TokenPool", (x, w), attrs, dtype=x.dtype,
-                                       shape=(x.shape[0], num_clusters, x.shape[2]), version=1)
-    if x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad):
+        attrs = {"num_clusters": num_clusters, "iterations": iterations, "mode": mode, "weighted": int(weighted),
+                 "plugin_version": str(tokenpool.VERSION), "plugin_namespace": tokenpool.DOMAIN}
+        return torch.onnx.ops.symbolic(f"{tokenpool.DOMAIN}::{tokenpool.OP_TYPE}", (x, w), attrs, dtype=x.dtype,
+                                       shape=(x.shape[0], num_clusters, x.shape[2]), version=tokenpool.VERSION)
+    if x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad) and tokenpool.kernels_support(*x.shape):
         from tpdeploy import kernels  # the CUDA kernels are for inference; training uses the reference
         if kernels.available():
             return kernels.token_pool(x, w, num_clusters, iterations, mode, weighted)

@@ -3,48 +3,54 @@
     from tpdeploy import runtime
     model = runtime.load("deit_small_tp.plan")        # or an .onnx file
     logits = model.infer(images)                      # numpy [B, 3, 224, 224] -> [B, 1000]
+    model.spec, model.recipe, model.data_config       # what the file says it is
 
 Engines run on TensorRT (with the TokenPool plugin found automatically), ONNX files on onnxruntime;
-neither path imports PyTorch. `backend="torch"` rebuilds the PyTorch model an ONNX file came from.
+neither path imports PyTorch. `backend="torch"` rebuilds the PyTorch model an ONNX file was exported from
+(an authoring tool; it needs `tpdeploy[export]`, and the checkpoint for a model exported from one).
+Invalid arguments raise `tpdeploy.errors.InvalidArgumentError`, bad files `UserError`, GPU or engine
+failures `DeviceError`.
 """
 from __future__ import annotations
 
 import os
 
+from tpdeploy.artifacts.formats import ENGINE, ONNX, file_format
 from tpdeploy.backends.base import Runner
-from tpdeploy.errors import TpdeployError
+from tpdeploy.errors import InvalidArgumentError, UserError, check_choice, check_int
+from tpdeploy.optional import lazy_import
 
 BACKENDS = ("ort", "trt", "torch")
-ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+DEVICES = ("cpu", "cuda")
 
 
 def default_backend(path: str) -> str:
-    if path.endswith(".onnx"):
-        return "ort"
-    if path.endswith(ENGINE_SUFFIXES):
-        return "trt"
-    raise TpdeployError(f"cannot tell the format of {path}: expected .onnx or a TensorRT engine "
-                        f"({', '.join(ENGINE_SUFFIXES)})")
+    return {ONNX: "ort", ENGINE: "trt"}[file_format(path)]
 
 
 def load(path: str, backend: str | None = None, device: str = "cpu", plugin: str | None = None,
-         threads: int | None = None) -> Runner:
+         threads: int | None = None, checkpoint: str | None = None) -> Runner:
     """A runner for `path`: backend 'ort' (ONNX on onnxruntime), 'trt' (TensorRT engine) or 'torch'."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a file path, got {path!r}")
+    path = os.fspath(path)
+    backend = check_choice("backend", backend or default_backend(path), BACKENDS)
+    check_choice("device", device, DEVICES)
+    if threads is not None:
+        check_int("threads", threads, minimum=1)
     if not os.path.isfile(path):
-        raise TpdeployError(f"model file not found: {path}")
-    backend = backend or default_backend(path)
+        raise UserError(f"model file not found: {path}")
+    if backend != "trt" and file_format(path) != ONNX:
+        raise UserError(f"the {backend} backend runs ONNX files; {path} is a TensorRT engine (use backend 'trt')")
     if backend == "ort":
         from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
         return OnnxRuntimeRunner(path, device=device, threads=threads)
     if backend == "trt":
+        if file_format(path) != ENGINE:
+            raise UserError(f"the trt backend runs engines; build one from {path} with `tpdeploy build-engine`")
         from tpdeploy.backends.trt import TensorRTRunner
         return TensorRTRunner(path, plugin=plugin)
-    if backend == "torch":
-        if not path.endswith(".onnx"):
-            raise TpdeployError("the torch backend rebuilds the model from a tpdeploy ONNX file; give the .onnx")
-        from tpdeploy.backends.pytorch import TorchRunner
-        if threads:
-            import torch
-            torch.set_num_threads(threads)
-        return TorchRunner.from_onnx(path, device=device)
-    raise TpdeployError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    pytorch = lazy_import("tpdeploy.backends.pytorch", "the torch backend")
+    if threads:
+        lazy_import("torch", "the torch backend").set_num_threads(threads)
+    return pytorch.TorchRunner.from_onnx(path, device=device, checkpoint=checkpoint)

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
-from tpdeploy.errors import TpdeployError
+from tpdeploy.errors import InvalidArgumentError, UserError, check_int
 
 METHODS = ("wkmedoids", "kmedoids", "wkmeans", "kmeans", "topk", "grid", "none")
 DEFAULT_METHOD = "wkmedoids"
@@ -48,27 +48,29 @@ def method_op(method: str) -> tuple[str, bool] | None:
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        raise TpdeployError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def validate(tokens, dims: ArchDims, method: str) -> tuple[int, ...]:
     """Check a schedule against the architecture and method; returns it as a tuple."""
-    tokens = tuple(int(t) for t in tokens)
+    if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+        raise InvalidArgumentError(f"a schedule is a list of token counts, got {tokens!r}")
+    tokens = tuple(check_int("a schedule's token count", t) for t in tokens)
     if len(tokens) != dims.depth:
-        raise TpdeployError(f"schedule has {len(tokens)} entries; it needs one per block ({dims.depth})")
+        raise InvalidArgumentError(f"schedule has {len(tokens)} entries; it needs one per block ({dims.depth})")
     if tokens[0] != dims.num_patches:
-        raise TpdeployError(f"schedule must start at {dims.num_patches} patch tokens, got {tokens[0]}")
+        raise InvalidArgumentError(f"schedule must start at {dims.num_patches} patch tokens, got {tokens[0]}")
     for i, (a, b) in enumerate(zip(tokens, tokens[1:]), start=1):
         if b > a:
-            raise TpdeployError(f"schedule is not non-increasing: block {i} has {a} tokens, block {i + 1} asks {b}")
+            raise InvalidArgumentError(f"schedule is not non-increasing: block {i} has {a} tokens, block {i + 1} asks {b}")
     if tokens[-1] < 1:
-        raise TpdeployError("schedule must keep at least 1 patch token")
+        raise InvalidArgumentError("schedule must keep at least 1 patch token")
     if method == "none" and len(set(tokens)) > 1:
-        raise TpdeployError("method 'none' is dense DeiT: its schedule cannot drop tokens")
+        raise InvalidArgumentError("method 'none' is dense DeiT: its schedule cannot drop tokens")
     if method == "grid":
         for t in set(tokens):
             if math.isqrt(t) ** 2 != t:
-                raise TpdeployError(f"method 'grid' pools on a square grid: {t} tokens is not a square")
+                raise InvalidArgumentError(f"method 'grid' pools on a square grid: {t} tokens is not a square")
     return tokens
 
 
@@ -117,13 +119,13 @@ def _geometric(rate: float, dims: ArchDims, method: str) -> tuple[int, ...]:
 def solve(ratio: float, dims: ArchDims, method: str, iterations: int) -> tuple[int, ...]:
     """The geometric schedule whose MACs (pooling included) are closest to `ratio` x dense, from below."""
     if method == "none":
-        raise TpdeployError("method 'none' is dense DeiT: it has no FLOPs target")
+        raise InvalidArgumentError("method 'none' is dense DeiT: it has no FLOPs target")
     if not 0.0 < ratio <= 1.0:
-        raise TpdeployError(f"FLOPs ratio must be in (0, 1], got {ratio}")
+        raise InvalidArgumentError(f"FLOPs ratio must be in (0, 1], got {ratio}")
     full = macs(dense(dims), dims, method, iterations)
     floor = macs(_geometric(0.0, dims, method), dims, method, iterations) / full
     if ratio < floor:
-        raise TpdeployError(f"FLOPs ratio {ratio} is below the smallest reachable ({floor:.3f}) for this model")
+        raise InvalidArgumentError(f"FLOPs ratio {ratio} is below the smallest reachable ({floor:.3f}) for this model")
     lo, hi = 0.0, 1.0  # MACs grow with the rate: bisect for the largest rate within budget
     for _ in range(50):
         mid = (lo + hi) / 2
@@ -153,8 +155,8 @@ def load_preset(name_or_path: str) -> Preset:
             with open(name_or_path, encoding="utf-8") as f:
                 return _read_preset(name_or_path, f.read())
         except OSError as e:
-            raise TpdeployError(f"cannot read preset file {name_or_path}: {e.strerror}") from None
-    raise TpdeployError(f"unknown preset {name_or_path!r}; shipped presets: {', '.join(known)}")
+            raise UserError(f"cannot read preset file {name_or_path}: {e.strerror}") from None
+    raise UserError(f"unknown preset {name_or_path!r}; shipped presets: {', '.join(known)}")
 
 
 def _read_preset(name: str, text: str) -> Preset:
@@ -164,6 +166,6 @@ def _read_preset(name: str, text: str) -> Preset:
                         iterations=int(data.get("iterations", DEFAULT_ITERATIONS)),
                         tokens=tuple(data["tokens"]), description=data.get("description", ""))
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
-        raise TpdeployError(f"preset {name} is not a valid preset file ({e})") from None
+        raise UserError(f"preset {name} is not a valid preset file ({e})") from None
     check_method(preset.method)
     return preset

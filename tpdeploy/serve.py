@@ -46,7 +46,7 @@ import urllib.request
 import numpy as np
 
 from tpdeploy import runtime
-from tpdeploy.errors import TpdeployError, one_line
+from tpdeploy.errors import TpdeployError, UserError, one_line
 from tpdeploy.triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, check_batching, model_name
 
 LOG = logging.getLogger("tpdeploy.serve")
@@ -85,7 +85,7 @@ def _check_port_free(host: str, port: int, what: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise TpdeployError(f"cannot serve {what} on {host}:{port}: {e.strerror or e}") from None
+            raise UserError(f"cannot serve {what} on {host}:{port}: {e.strerror or e}") from None
 
 
 def python_library_dir() -> str | None:
@@ -198,7 +198,7 @@ def _pytriton():
     try:
         from pytriton import model_config, triton
     except ImportError as e:
-        raise TpdeployError(f"serving needs PyTriton (which ships Triton Inference Server): "
+        raise UserError(f"serving needs PyTriton (which ships Triton Inference Server): "
                             f"pip install 'tpdeploy[serve]' (nvidia-pytriton; Linux x86_64/aarch64, glibc >= 2.35) "
                             f"[{one_line(e)}]") from None
     return triton, model_config
@@ -292,7 +292,7 @@ class TritonService:
     def _classify_fn(self):
         from tpdeploy.preprocess import preprocess_image
         stats = self.stats[self.classify_name]
-        size = self.runner.image_size
+        config = self.runner.data_config
 
         def classify(requests):
             out = []
@@ -301,7 +301,7 @@ class TritonService:
                     blobs = np.asarray(req["image"]).reshape(-1)
                     if blobs.size == 0:
                         raise RequestError("no image in the request")
-                    images = np.stack([preprocess_image(_as_bytes(b), size) for b in blobs])
+                    images = np.stack([preprocess_image(_as_bytes(b), config) for b in blobs])
                     classes, scores = top_classes(self._run(images), TOP_K)
                 except TpdeployError as e:
                     stats.record_failure()
@@ -329,7 +329,7 @@ class TritonService:
         if self.metrics_port:
             ports.append((self.metrics_port, "metrics"))
         if len({p for p, _ in ports}) != len(ports):
-            raise TpdeployError(f"the HTTP, gRPC and metrics ports must differ, got {[p for p, _ in ports]}")
+            raise UserError(f"the HTTP, gRPC and metrics ports must differ, got {[p for p, _ in ports]}")
         for port, what in ports:
             _check_port_free(self.host, port, what)
 
@@ -379,7 +379,7 @@ class TritonService:
             with python_library_on_ld_path():
                 triton.run()
             if not triton.is_alive():
-                raise TpdeployError("Triton Inference Server stopped while loading the models")
+                raise UserError("Triton Inference Server stopped while loading the models")
         except BaseException as e:
             tail = self.log_tail()
             self.stop()
@@ -390,7 +390,7 @@ class TritonService:
             if "_recursion_count" in tail or "libpython" in tail:
                 hint = (f" (the Python-backend stub loaded another libpython than this interpreter's; "
                         f"put {sysconfig.get_config_var('LIBDIR')} on LD_LIBRARY_PATH)")
-            raise TpdeployError(f"{msg}{hint}" + (f"; server log ends: {tail[-400:]!r}" if tail else "")) from None
+            raise UserError(f"{msg}{hint}" + (f"; server log ends: {tail[-400:]!r}" if tail else "")) from None
         self._started = True
         self.progress(f"serving {self.name!r}: images FP32 [-1, 3, {size}, {size}] -> logits FP32 [-1, {c}] "
                       f"(dynamic batching: max batch {self.max_batch}, max queue delay {self.max_queue_delay_us} us)")
@@ -489,7 +489,7 @@ def serve(model_path: str, backend: str | None = None, host: str = DEFAULT_HOST,
                 break
         if died:
             tail = service.log_tail(600)
-            raise TpdeployError("Triton Inference Server stopped unexpectedly" + (f": {tail!r}" if tail else ""))
+            raise UserError("Triton Inference Server stopped unexpectedly" + (f": {tail!r}" if tail else ""))
         progress(f"{received[0] if received else 'stop'} received: stopping Triton (in-flight requests finish, "
                  f"at most {exit_timeout_s} s)")
         stats = {m: s.snapshot() for m, s in service.stats.items()}
@@ -563,13 +563,13 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.returncode = self.process.returncode
-                raise TpdeployError(f"the server exited ({self.returncode}) while starting: "
+                raise UserError(f"the server exited ({self.returncode}) while starting: "
                                     f"{self.log().strip()[-1500:]}")
             if self.ready():
                 return self
             time.sleep(0.25)
         self.stop()
-        raise TpdeployError(f"the server was not ready after {self.startup_timeout_s:.0f} s: {self.log()[-1500:]}")
+        raise UserError(f"the server was not ready after {self.startup_timeout_s:.0f} s: {self.log()[-1500:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0, group_timeout_s: float = 10.0) -> int | None:
         """Signal the server and wait for it. Whatever of its process group (tritonserver, stubs) is still

@@ -20,16 +20,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from tpdeploy import engine as eng
-from tpdeploy.errors import TpdeployError, one_line
-from tpdeploy.libraries import find_library
-from tpdeploy.runtime import default_backend
+from tpdeploy.artifacts.engine_file import read_sidecar
+from tpdeploy.artifacts.files import sha256, user_mode
+from tpdeploy.artifacts.formats import ONNX, file_format
+from tpdeploy.artifacts.libraries import PLUGIN_LIBRARY, find_plugin
+from tpdeploy.artifacts.onnx_file import ModelSpec as FileSpec
+from tpdeploy.artifacts.onnx_file import OnnxFile
+from tpdeploy.errors import UserError, one_line
+from tpdeploy.optional import lazy_import
 
-PLUGIN_NAME = eng.PLUGIN_LIBRARY
+PLUGIN_NAME = PLUGIN_LIBRARY
 DEFAULT_MAX_BATCH = 32
 DEFAULT_QUEUE_DELAY_US = 500
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 
 
 def _quiet(msg: str) -> None:
@@ -64,99 +68,29 @@ class RepositoryReport:
 
 
 def _mc():
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise TpdeployError(f"writing Triton model configs needs tritonclient: pip install 'tritonclient[grpc]' "
-                            f"(or tpdeploy[serve]) [{one_line(e)}]") from None
+    lazy_import("tritonclient", "writing Triton model configs")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
     return model_config_pb2, text_format
 
 
-# ---------------------------------------------------------------------------------------------- reading models
-
-def _onnx_tensor(value_info, what: str, path: str) -> tuple[str, str, list]:
-    import onnx
-    t = value_info.type.tensor_type
-    np_name = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "undefined"
-    if np_name not in _DTYPES:
-        raise TpdeployError(f"{path}: {what} {value_info.name!r} is {np_name}; Triton configs here take float32 "
-                            f"or float16")
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-    return value_info.name, _DTYPES[np_name], dims
-
-
-def onnx_spec(path: str, max_batch: int) -> ModelSpec:
-    """Input/output names, dtypes and dims from the ONNX graph (fp16 graphs give FP16 tensors)."""
-    import onnx
-    if not os.path.isfile(path):
-        raise TpdeployError(f"ONNX model not found: {path}")
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-        raise TpdeployError(f"cannot read ONNX model {path}: {one_line(e)}") from None
-    init = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in init]
-    if len(inputs) != 1 or len(proto.graph.output) < 1:
-        raise TpdeployError(f"{path}: expected one image input and a logits output, found {len(inputs)} inputs "
-                            f"and {len(proto.graph.output)} outputs")
-    iname, itype, idims = _onnx_tensor(inputs[0], "input", path)
-    oname, otype, odims = _onnx_tensor(proto.graph.output[0], "output", path)
-    if len(idims) != 4:
-        raise TpdeployError(f"{path}: input {iname!r} has shape {idims}; expected images [B, 3, H, W]")
+def model_spec(spec: FileSpec, platform: str, max_batch: int, path: str) -> ModelSpec:
+    """The Triton view of a model file's contract: dims without the batch when it is dynamic."""
     notes = []
-    if idims[0] == -1:
-        mbs = max_batch
-        idims, odims = idims[1:], odims[1:]
-    else:
-        mbs = 0
-        notes.append(f"{os.path.basename(path)} has a fixed batch of {idims[0]}: max_batch_size 0 and no dynamic "
-                     f"batching (export with a dynamic batch, the default, to batch requests)")
-    return ModelSpec("onnxruntime_onnx", "model.onnx", mbs, [TensorSpec(iname, itype, idims)],
-                     [TensorSpec(oname, otype, odims)], notes)
-
-
-def engine_spec(path: str, max_batch: int) -> ModelSpec:
-    """From the engine's JSON sidecar `<engine>.json` (written by build-engine) if present; else FP32, 224 px.
-
-    Sidecar keys: input_dtype ("float32"/"float16"), max_batch, image_size; optional input_name, output_name,
-    output_dtype (default: the input dtype), num_classes (default 1000)."""
-    if not os.path.isfile(path):
-        raise TpdeployError(f"engine not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise TpdeployError(f"engine {path} is empty")
-    notes = []
-    meta = eng.read_sidecar(path)
-    if meta is None:
-        meta = {}
-        notes.append(f"no {os.path.basename(eng.sidecar_path(path))} beside the engine: assuming FP32 input "
-                     f"[B, 3, 224, 224], 1000 classes, max batch {max_batch} (check them against the engine's profile)")
-    sidecar = eng.sidecar_path(path)
-    try:
-        in_dtype = _DTYPES[str(meta.get("input_dtype", "float32")).lower()]
-        out_dtype = _DTYPES[str(meta.get("output_dtype", meta.get("input_dtype", "float32"))).lower()]
-        size = int(meta.get("image_size", 224))
-        classes = int(meta.get("num_classes", 1000))
-        engine_max = int(meta["max_batch"]) if meta.get("max_batch") is not None else None
-    except (KeyError, ValueError, TypeError) as e:
-        raise TpdeployError(f"{sidecar}: bad value ({one_line(e)}); input_dtype must be float32 or float16, "
-                            f"max_batch/image_size/num_classes integers") from None
+    inp = TensorSpec(spec.input.name, _DTYPES[spec.input.dtype], list(spec.input.shape[1:]))
+    out = TensorSpec(spec.output.name, _DTYPES[spec.output.dtype], list(spec.output.shape[1:]))
+    filename = "model.onnx" if platform == "onnxruntime_onnx" else "model.plan"
+    if spec.fixed_batch and platform == "onnxruntime_onnx":
+        notes.append(f"{os.path.basename(path)} has a fixed batch of {spec.fixed_batch}: max_batch_size 0 and no "
+                     f"dynamic batching (export with a dynamic batch, the default, to batch requests)")
+        inp.dims, out.dims = list(spec.input.shape), list(spec.output.shape)
+        return ModelSpec(platform, filename, 0, [inp], [out], notes)
     mbs = max_batch
-    if engine_max is not None and engine_max < max_batch:
-        notes.append(f"the engine's profile stops at batch {engine_max}: max_batch_size {max_batch} -> {engine_max}")
-        mbs = engine_max
-    inp = TensorSpec(str(meta.get("input_name", "images")), in_dtype, [3, size, size])
-    out = TensorSpec(str(meta.get("output_name", "logits")), out_dtype, [classes])
-    return ModelSpec("tensorrt_plan", "model.plan", max(mbs, 1), [inp], [out], notes)
-
-
-def find_plugin(engine_path: str, explicit: str | None = None) -> str | None:
-    """The TokenPool plugin library for an engine: the given one, the one it was built with, or the default search."""
-    sidecar = eng.read_sidecar(engine_path) or {}
-    recorded = sidecar.get("plugin")
-    if explicit is None and recorded and os.path.isfile(recorded):
-        explicit = recorded
-    return find_library(eng.PLUGIN_LIBRARY, eng.PLUGIN_ENV, explicit)
+    if spec.max_batch is not None and spec.max_batch < max_batch:
+        notes.append(f"the model's batch range stops at {spec.max_batch}: max_batch_size {max_batch} -> "
+                     f"{spec.max_batch}")
+        mbs = spec.max_batch
+    return ModelSpec(platform, filename, mbs, [inp], [out], notes)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -243,45 +177,21 @@ def _readme(name: str, spec: ModelSpec, repository: str, plugin: str | None, com
     return "\n".join(lines) + "\n"
 
 
-def _graph_tensors(graph):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _graph_tensors(attr.g)
-            for g in attr.graphs:
-                yield from _graph_tensors(g)
-
-
-def _external_data_files(path: str) -> list[str]:
-    """Relative paths of the external-data files an ONNX model refers to (large models), to copy with it."""
-    import onnx
-    proto = onnx.load(path, load_external_data=False)
-    files = set()
-    for t in _graph_tensors(proto.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            files.update(e.value for e in t.external_data if e.key == "location")
-    return sorted(files)
-
-
 def model_name(model_path: str, name: str | None = None) -> str:
     """The Triton model name: the given one, or the file's stem ('build/deit_small_058.onnx' -> 'deit_small_058')."""
     name = name or re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(model_path).split(".")[0] or "model")
     if not _NAME_RE.match(name):
-        raise TpdeployError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
+        raise UserError(f"model name {name!r}: use letters, digits, '.', '_' and '-' only")
     return name
 
 
 def check_batching(max_batch: int, instances: int, max_queue_delay_us: int) -> None:
     if max_batch < 1:
-        raise TpdeployError(f"--max-batch must be at least 1, got {max_batch}")
+        raise UserError(f"--max-batch must be at least 1, got {max_batch}")
     if instances < 1:
-        raise TpdeployError(f"--instances must be at least 1, got {instances}")
+        raise UserError(f"--instances must be at least 1, got {instances}")
     if max_queue_delay_us < 0:
-        raise TpdeployError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
+        raise UserError(f"--max-queue-delay-us must be >= 0, got {max_queue_delay_us}")
 
 
 def write_repository(model_path: str, repository: str, name: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -291,18 +201,27 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
     check_batching(max_batch, instances, max_queue_delay_us)
     name = model_name(model_path, name)
 
-    if default_backend(model_path) == "ort":
-        spec = onnx_spec(model_path, max_batch)
+    external = []
+    if file_format(model_path) == ONNX:
+        model = OnnxFile.open(model_path, load_external_data=False)
+        spec = model_spec(model.spec, "onnxruntime_onnx", max_batch, model_path)
+        external = model.external_data_files()
         if plugin:
             spec.notes.append("--plugin ignored: an ONNX model runs on onnxruntime through its TokenPool functions")
         plugin_src = None
     else:
-        spec = engine_spec(model_path, max_batch)
-        plugin_src = find_plugin(model_path, plugin)
-        if plugin_src is None:
-            spec.notes.append(f"no {PLUGIN_NAME} found ($TPDEPLOY_PLUGIN, beside the engine, build/plugins/): "
-                              f"the repository has none; build it with `make plugins` or pass --plugin, and see "
-                              f"README.txt")
+        sidecar = read_sidecar(model_path)
+        spec = model_spec(sidecar.spec, "tensorrt_plan", max_batch, model_path)
+        plugin_src = None
+        if sidecar.plugin_sha256:
+            plugin_src = find_plugin(plugin, beside=model_path, required=False)
+            if plugin_src and sha256(plugin_src) != sidecar.plugin_sha256:
+                raise UserError(f"{plugin_src} is not the TokenPool plugin library {model_path} was built with "
+                                f"(SHA-256 differs): pass that one with --plugin")
+            if plugin_src is None:
+                spec.notes.append(f"no {PLUGIN_NAME} found ($TPDEPLOY_PLUGIN, beside the engine, build/plugins/): "
+                                  f"the repository has none; build it with `make plugins` or pass --plugin, and "
+                                  f"see README.txt")
 
     cfg = model_config(name, spec, instances, max_queue_delay_us)
     text = config_text(cfg)
@@ -312,17 +231,17 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
     try:
         os.makedirs(repository, exist_ok=True)
     except OSError as e:
-        raise TpdeployError(f"cannot create repository {repository}: {e.strerror or e}") from None
+        raise UserError(f"cannot create repository {repository}: {e.strerror or e}") from None
     final = os.path.join(repository, name)
     if os.path.exists(final) and not overwrite:
-        raise TpdeployError(f"{final} already exists (pass --overwrite to replace it)")
+        raise UserError(f"{final} already exists (pass --overwrite to replace it)")
     plugin_dst = os.path.abspath(os.path.join(final, PLUGIN_NAME)) if plugin_src else None
     commands = _commands(repository, plugin_dst, spec.platform)
 
     try:
         tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=repository)
     except OSError as e:
-        raise TpdeployError(f"cannot write to {repository}: {e.strerror or e}") from None
+        raise UserError(f"cannot write to {repository}: {e.strerror or e}") from None
     old = None
     try:
         os.makedirs(os.path.join(tmp, "1"))
@@ -330,18 +249,17 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
         shutil.copyfile(model_path, os.path.join(tmp, "1", spec.filename))
         if spec.platform == "onnxruntime_onnx":
             src_dir = os.path.dirname(os.path.abspath(model_path))
-            for rel in _external_data_files(model_path):
+            for rel in external:
                 dst = os.path.join(tmp, "1", rel)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copyfile(os.path.join(src_dir, rel), dst)
         if plugin_src:
             shutil.copyfile(plugin_src, os.path.join(tmp, PLUGIN_NAME))
-            os.chmod(os.path.join(tmp, PLUGIN_NAME), 0o755)
         with open(os.path.join(tmp, "config.pbtxt"), "w", encoding="utf-8") as f:
             f.write(text)
         with open(os.path.join(tmp, "README.txt"), "w", encoding="utf-8") as f:
             f.write(_readme(name, spec, repository, plugin_dst, commands, os.path.basename(model_path)))
-        os.chmod(tmp, 0o755)
+        _set_user_modes(tmp)
         if os.path.exists(final):
             old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repository)
             os.rmdir(old)
@@ -351,7 +269,7 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
         if old and not os.path.exists(final):
             os.rename(old, final)
             old = None
-        raise TpdeployError(f"cannot write {final}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {final}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -359,3 +277,11 @@ def write_repository(model_path: str, repository: str, name: str | None = None, 
             with contextlib.suppress(OSError):
                 shutil.rmtree(old)
     return RepositoryReport(final, spec.platform, text, plugin_dst, commands, spec.notes)
+
+
+def _set_user_modes(folder: str) -> None:
+    """Folders and the plugin library get 0o777 minus the umask, other files 0o666 minus it (mkdtemp made 0700)."""
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, user_mode(executable=True))
+        for name in files:
+            os.chmod(os.path.join(root, name), user_mode(executable=name.endswith(".so")))

@@ -1,21 +1,50 @@
-"""The interface every backend implements: load once, `infer` many times, from many threads."""
+"""The interface every backend implements: load once, `infer` many times, from many threads.
+
+Polygraphy's runner template: `infer` validates the images against the model's input contract (`spec`),
+then calls the backend's `_infer`.
+"""
 from __future__ import annotations
 
 import abc
 
 import numpy as np
 
-from tpdeploy.errors import TpdeployError
+from tpdeploy.artifacts.onnx_file import ModelSpec
+from tpdeploy.artifacts.recipe import DataConfig, Recipe
+from tpdeploy.errors import InvalidArgumentError
 
 
 class Runner(abc.ABC):
-    """A loaded model mapping images [B, 3, H, W] to logits [B, classes]."""
+    """A loaded model mapping images [B, 3, S, S] to logits [B, classes]."""
 
     backend: str = ""
-    input_dtype: np.dtype = np.dtype(np.float32)
-    image_size: int = 224
-    min_batch: int = 1
-    max_batch: int | None = None  # None: no limit
+    spec: ModelSpec
+    recipe: Recipe | None = None  # None for a file tpdeploy did not export
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.spec.input.dtype)
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def min_batch(self) -> int:
+        return self.spec.min_batch
+
+    @property
+    def max_batch(self) -> int | None:
+        return self.spec.max_batch
+
+    @property
+    def data_config(self) -> DataConfig:
+        """How images are preprocessed for this model: the recorded one, else timm's default at its size."""
+        return self.recipe.data_config if self.recipe else DataConfig(input_size=self.image_size)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         """Logits for `images`; float inputs are cast to the model's input dtype. Thread-safe."""
@@ -23,14 +52,15 @@ class Runner(abc.ABC):
 
     def check_input(self, images) -> np.ndarray:
         images = np.asarray(images)
-        want = (self.image_size, self.image_size)
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != want:
-            raise TpdeployError(f"images must have shape [B, 3, {want[0]}, {want[1]}], got {list(images.shape)}")
+        size = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
+            raise InvalidArgumentError(f"images must have shape [B, 3, {size}, {size}], got {list(images.shape)}")
         if images.dtype.kind != "f":
-            raise TpdeployError(f"images must be float32 or float16, got {images.dtype}")
+            raise InvalidArgumentError(f"images must be float32 or float16, got {images.dtype}")
         b = images.shape[0]
         if b < self.min_batch or (self.max_batch is not None and b > self.max_batch):
-            raise TpdeployError(f"batch {b} is outside this model's range [{self.min_batch}, {self.max_batch}]")
+            raise InvalidArgumentError(f"batch {b} is outside this model's range [{self.min_batch}, "
+                                       f"{self.max_batch or 'any'}]")
         return np.ascontiguousarray(images, dtype=self.input_dtype)
 
     @abc.abstractmethod
@@ -47,4 +77,4 @@ class Runner(abc.ABC):
         self.close()
 
     def describe(self) -> str:
-        return f"{self.backend} ({np.dtype(self.input_dtype).name}, batch {self.min_batch}..{self.max_batch or 'any'})"
+        return f"{self.backend}: {self.spec.describe()}"

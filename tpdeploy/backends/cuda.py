@@ -1,17 +1,12 @@
 """The little of the CUDA runtime the TensorRT backend needs, through cuda-bindings (no PyTorch, no pycuda)."""
 from __future__ import annotations
 
-from tpdeploy.errors import TpdeployError
-
-INSTALL = "cuda-bindings is not installed: pip install cuda-bindings (needs an NVIDIA driver)"
+from tpdeploy.errors import DeviceError
+from tpdeploy.optional import lazy_import
 
 
 def cudart():
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        raise TpdeployError(INSTALL) from None
-    return runtime
+    return lazy_import("cuda.bindings.runtime", "the TensorRT backend")
 
 
 def check(result):
@@ -19,7 +14,7 @@ def check(result):
     err, *values = result
     if int(err) != 0:
         name = cudart().cudaGetErrorString(err)[1].decode()
-        raise TpdeployError(f"CUDA error: {name}")
+        raise DeviceError(f"CUDA error: {name} (check the GPU and driver with nvidia-smi)")
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -28,7 +23,7 @@ def device_properties(device: int = 0) -> tuple[str, str]:
     rt = cudart()
     count = check(rt.cudaGetDeviceCount())
     if count == 0:
-        raise TpdeployError("no CUDA GPU found")
+        raise DeviceError("no CUDA GPU found (check the GPU and driver with nvidia-smi)")
     props = check(rt.cudaGetDeviceProperties(device))
     return props.name.decode().rstrip("\x00"), f"{props.major}{props.minor}"
 

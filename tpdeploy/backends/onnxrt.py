@@ -1,48 +1,37 @@
 """onnxruntime backend: stock onnxruntime runs TokenPool through its model-local ONNX function."""
 from __future__ import annotations
 
-import os
-
-import numpy as np
-
+from tpdeploy.artifacts.onnx_file import OnnxFile
 from tpdeploy.backends.base import Runner
-from tpdeploy.errors import TpdeployError, one_line
-
-_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from tpdeploy.errors import DeviceError, UserError, check_int, one_line
+from tpdeploy.optional import lazy_import
 
 
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, path: str, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-        if not os.path.isfile(path):
-            raise TpdeployError(f"ONNX model not found: {path}")
+        ort = lazy_import("onnxruntime", "running ONNX files")
+        model = OnnxFile.open(path, load_external_data=False)
+        self.spec, self.recipe = model.spec, model.recipe
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise TpdeployError("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu "
-                                    "(and a CUDA-capable GPU)")
+                raise UserError("onnxruntime has no CUDA provider here: pip install 'tpdeploy[gpu]' (onnxruntime-gpu "
+                                "alone, without onnxruntime) on a machine with an NVIDIA GPU")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
+        if threads is not None:
+            options.intra_op_num_threads = check_int("threads", threads, minimum=1)
         try:
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for a bad file
-            raise TpdeployError(f"cannot load ONNX model {path}: {one_line(e)}") from None
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        if inp.type not in _TYPES:
-            raise TpdeployError(f"{path}: input {inp.name} has type {inp.type}; expected float or float16 images")
-        self.input_name, self.output_name = inp.name, out.name
-        self.input_dtype = np.dtype(_TYPES[inp.type])
-        if isinstance(inp.shape[0], int):
-            self.min_batch = self.max_batch = inp.shape[0]
-        if isinstance(inp.shape[-1], int):
-            self.image_size = inp.shape[-1]
+            raise UserError(f"cannot load ONNX model {path} in onnxruntime: {one_line(e)}") from None
         self.backend = f"onnxruntime-{device}"
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _infer(self, images):
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+        try:
+            return self.session.run([self.spec.output.name], {self.spec.input.name: images})[0]
+        except Exception as e:  # noqa: BLE001 - the input was validated: a failure here is the engine's
+            raise DeviceError(f"onnxruntime failed to run the model: {one_line(e)}") from None

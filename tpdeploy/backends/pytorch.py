@@ -1,40 +1,50 @@
-"""PyTorch backend: the Token-Pooled DeiT itself, or rebuilt from an exported ONNX file (same weights)."""
+"""PyTorch backend: the Token-Pooled DeiT itself, or rebuilt from an exported file's recipe (an authoring tool:
+`compare x.onnx` checks an export against the model it came from)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from tpdeploy.artifacts.onnx_file import ModelSpec, OnnxFile, TensorSpec
 from tpdeploy.backends.base import Runner
-from tpdeploy.errors import TpdeployError
+from tpdeploy.errors import UserError
 from tpdeploy.model import create_model
-from tpdeploy.modelinfo import load_onnx
 
 
 class TorchRunner(Runner):
     backend = "torch"
 
-    def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32, recipe=None):
         if device == "cuda" and not torch.cuda.is_available():
-            raise TpdeployError("PyTorch sees no CUDA GPU here (install a CUDA build of torch on a GPU machine)")
+            raise UserError("PyTorch sees no CUDA GPU here (install a CUDA build of torch on a GPU machine)")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device, self.torch_dtype = device, dtype
-        self.input_dtype = np.dtype(np.float16 if dtype == torch.float16 else np.float32)
-        self.image_size = model.cfg.img_size
+        dtype_name = "float16" if dtype == torch.float16 else "float32"
+        size, classes = model.cfg.img_size, model.cfg.num_classes
+        self.spec = ModelSpec(TensorSpec("images", dtype_name, (None, 3, size, size)),
+                              TensorSpec("logits", dtype_name, (None, classes)))
+        self.recipe = recipe or model.recipe("fp16" if dtype == torch.float16 else "fp32")
         self.backend = f"torch-{device}"
 
     @classmethod
-    def from_onnx(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "TorchRunner":
-        """The PyTorch model an ONNX file was exported from, rebuilt from the recipe in its metadata."""
-        meta = {p.key: p.value for p in load_onnx(path).metadata_props}
-        if "tpdeploy.arch" not in meta:
-            raise TpdeployError(f"{path} was not exported by tpdeploy (no tpdeploy metadata): cannot rebuild it in PyTorch")
-        model = create_model(meta["tpdeploy.arch"], checkpoint=meta["tpdeploy.checkpoint"] or None,
-                             method=meta["tpdeploy.method"], iterations=int(meta["tpdeploy.iterations"]),
-                             schedule=[int(t) for t in meta["tpdeploy.tokens"].split(",")],
-                             seed=int(meta["tpdeploy.seed"]))
-        return cls(model, device, dtype)
+    def from_onnx(cls, path: str, device: str = "cpu", checkpoint: str | None = None) -> "TorchRunner":
+        """The PyTorch model an exported file came from, rebuilt from its recipe (in float32). A model exported
+        from a checkpoint needs that checkpoint again (checked against the SHA-256 the recipe records)."""
+        recipe = OnnxFile.open(path, load_external_data=False).require_recipe("rebuilding it in PyTorch")
+        if recipe.checkpoint_sha256 and checkpoint is None:
+            raise UserError(f"{path} was exported from a checkpoint (sha256 {recipe.checkpoint_sha256[:16]}...): "
+                            f"pass it (--checkpoint) to rebuild the model in PyTorch")
+        if not recipe.checkpoint_sha256 and checkpoint is not None:
+            raise UserError(f"{path} has seeded-random weights (seed {recipe.seed}); it was not exported from "
+                            f"{checkpoint}")
+        model = create_model(recipe.arch, checkpoint=checkpoint, method=recipe.method, iterations=recipe.iterations,
+                             schedule=list(recipe.tokens), seed=recipe.seed or 0)
+        if model.checkpoint_sha256 != recipe.checkpoint_sha256:
+            raise UserError(f"{checkpoint} is not the checkpoint {path} was exported from (SHA-256 differs)")
+        return cls(model, device, recipe=recipe)
 
     def _infer(self, images):
         with torch.inference_mode():
-            x = torch.from_numpy(images).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
             return self.model(x).float().cpu().numpy()
+

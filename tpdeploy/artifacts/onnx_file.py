@@ -1,0 +1,173 @@
+"""An exported ONNX file: loading it with clear errors, its input/output contract, its TokenPool nodes and
+the recipe in its metadata. Every stage reads ONNX files through `OnnxFile.open`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper
+
+from tpdeploy.artifacts import tokenpool
+from tpdeploy.artifacts.recipe import RECIPE_KEY, Recipe
+from tpdeploy.errors import UserError, one_line
+
+FLOAT_TYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str                   # numpy name: "float32" | "float16"
+    shape: tuple                 # ints; None where dynamic
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model file takes and gives: images [B, 3, S, S] -> logits [B, classes]."""
+    input: TensorSpec
+    output: TensorSpec
+    min_batch: int = 1
+    max_batch: int | None = None  # None: any batch
+
+    @property
+    def image_size(self) -> int:
+        return self.input.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.output.shape[-1]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        return self.min_batch if self.min_batch == self.max_batch else None
+
+    def to_dict(self) -> dict:
+        return {"input": {"name": self.input.name, "dtype": self.input.dtype, "shape": list(self.input.shape)},
+                "output": {"name": self.output.name, "dtype": self.output.dtype, "shape": list(self.output.shape)},
+                "min_batch": self.min_batch, "max_batch": self.max_batch}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        t = lambda e: TensorSpec(str(e["name"]), str(e["dtype"]), tuple(e["shape"]))  # noqa: E731
+        return cls(t(d["input"]), t(d["output"]), int(d["min_batch"]),
+                   None if d["max_batch"] is None else int(d["max_batch"]))
+
+    def describe(self) -> str:
+        batch = self.fixed_batch or f"{self.min_batch}..{self.max_batch or 'any'}"
+        dims = lambda s: ", ".join("B" if d is None else str(d) for d in s)  # noqa: E731
+        return (f"{self.input.name} {self.input.dtype} [{dims(self.input.shape)}] -> {self.output.name} "
+                f"{self.output.dtype} [{dims(self.output.shape)}], batch {batch}")
+
+
+def load_onnx(path: str, load_external_data: bool = True) -> onnx.ModelProto:
+    """The model proto; UserError for a missing, empty or corrupt file."""
+    if not os.path.isfile(path):
+        raise UserError(f"ONNX model not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path} is empty (0 bytes), not an ONNX model")
+    try:
+        proto = onnx.load(path, load_external_data=load_external_data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        raise UserError(f"cannot read ONNX model {path}: {one_line(e)}") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise UserError(f"{path} is not an ONNX model (no graph)")
+    return proto
+
+
+def _tensor(value_info, what: str, path: str) -> TensorSpec:
+    t = value_info.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "undefined"
+    if dtype not in FLOAT_TYPES:
+        raise UserError(f"{path}: {what} {value_info.name!r} is {dtype}; a tpdeploy model takes and gives "
+                        f"float32 or float16")
+    shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return TensorSpec(value_info.name, dtype, shape)
+
+
+def model_spec(proto: onnx.ModelProto, path: str) -> ModelSpec:
+    """Images [B, 3, S, S] float -> logits [B, classes] float, from the graph's inputs and outputs."""
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in init]
+    if len(inputs) != 1 or len(proto.graph.output) != 1:
+        raise UserError(f"{path}: expected one image input and one logits output, found {len(inputs)} inputs "
+                        f"and {len(proto.graph.output)} outputs")
+    inp, out = _tensor(inputs[0], "input", path), _tensor(proto.graph.output[0], "output", path)
+    if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[2] is None or inp.shape[2] != inp.shape[3]:
+        raise UserError(f"{path}: input {inp.name!r} has shape {list(inp.shape)}; expected images [B, 3, S, S]")
+    if len(out.shape) != 2 or out.shape[1] is None:
+        raise UserError(f"{path}: output {out.name!r} has shape {list(out.shape)}; expected logits [B, classes]")
+    batch = inp.shape[0]
+    return ModelSpec(inp, out, batch or 1, batch)
+
+
+def token_pool_nodes(proto: onnx.ModelProto) -> list[dict]:
+    """Each TokenPool node of the main graph: its name and attributes (strings decoded)."""
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == tokenpool.OP_TYPE and node.domain == tokenpool.DOMAIN:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append({"name": node.name, **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}})
+    return nodes
+
+
+def read_recipe(proto: onnx.ModelProto, path: str) -> Recipe | None:
+    """The recipe tpdeploy wrote at export; None for an ONNX file tpdeploy did not export."""
+    text = next((p.value for p in proto.metadata_props if p.key == RECIPE_KEY), None)
+    return None if text is None else Recipe.from_json(text, path)
+
+
+def write_recipe(proto: onnx.ModelProto, recipe: Recipe) -> None:
+    kept = [p for p in proto.metadata_props if not p.key.startswith("tpdeploy.")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=RECIPE_KEY, value=recipe.to_json())
+
+
+def opset(proto: onnx.ModelProto) -> int | None:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@dataclass
+class OnnxFile:
+    """An ONNX model file as tpdeploy reads it."""
+    path: str
+    proto: onnx.ModelProto
+    spec: ModelSpec
+    recipe: Recipe | None
+
+    @classmethod
+    def open(cls, path: str, load_external_data: bool = True) -> "OnnxFile":
+        proto = load_onnx(path, load_external_data)
+        return cls(path, proto, model_spec(proto, path), read_recipe(proto, path))
+
+    def require_recipe(self, purpose: str) -> Recipe:
+        if self.recipe is None:
+            raise UserError(f"{self.path} was not exported by tpdeploy (no {RECIPE_KEY} metadata): {purpose} needs "
+                            f"the export recipe")
+        return self.recipe
+
+    @property
+    def token_pool_nodes(self) -> list[dict]:
+        return token_pool_nodes(self.proto)
+
+    def external_data_files(self) -> list[str]:
+        """Paths (relative to the model's folder) of the external-data files its tensors are stored in."""
+        files = set()
+        for t in _graph_tensors(self.proto.graph):
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                files.update(e.value for e in t.external_data if e.key == "location")
+        return sorted(files)
+
+
+def _graph_tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)

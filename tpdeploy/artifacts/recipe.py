@@ -1,0 +1,112 @@
+"""The export recipe: what a model file is, written into every exported ONNX file (and copied into an engine's
+sidecar), so that later stages need neither the original checkpoint nor PyTorch.
+
+It records the architecture, pooling method, schedule, precision, the weights' origin (a seed, or the
+checkpoint's SHA-256, never a path) and the data config the model expects: timm's `pretrained_cfg` fields
+for evaluation (input size, resize interpolation, crop fraction and mode, mean, std).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from tpdeploy.errors import UserError
+
+RECIPE_KEY = "tpdeploy.recipe"   # the ONNX metadata_props key holding the recipe as JSON
+RECIPE_VERSION = 1
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic")
+CROP_MODES = ("center", "squash")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How an image becomes the model's input (timm's `resolve_data_config` for evaluation):
+    resize to floor(input_size / crop_pct) (the shorter side for crop_mode 'center', both sides for
+    'squash'), take the central input_size square, scale to [0, 1], normalise with mean and std."""
+    input_size: int = 224
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.9
+    crop_mode: str = "center"
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+
+    def __post_init__(self):
+        problems = []
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or self.input_size < 1:
+            problems.append(f"input_size must be a positive integer, got {self.input_size!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
+            problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if self.crop_mode not in CROP_MODES:
+            problems.append(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if (not isinstance(v, (tuple, list)) or len(v) != 3
+                    or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+                problems.append(f"{name} must be 3 finite numbers, got {v!r}")
+        if not problems and min(self.std) <= 0:
+            problems.append(f"std must be positive, got {self.std!r}")
+        if problems:
+            raise UserError(f"invalid data config: {'; '.join(problems)}")
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+
+    @property
+    def resize_size(self) -> int:
+        """The size the image is resized to before the crop (timm: floor(input_size / crop_pct))."""
+        return math.floor(self.input_size / self.crop_pct)
+
+    def describe(self) -> str:
+        return (f"{self.input_size} px, {self.interpolation} resize to {self.resize_size} ({self.crop_mode} crop "
+                f"{self.crop_pct:g}), mean {list(self.mean)}, std {list(self.std)}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    method: str
+    iterations: int
+    tokens: tuple[int, ...]          # patch tokens entering each block
+    dtype: str                       # "fp32" | "fp16"
+    num_classes: int
+    data_config: DataConfig = field(default_factory=DataConfig)
+    seed: int | None = None          # seeded-random weights; None when they come from a checkpoint
+    checkpoint_sha256: str | None = None
+    tpdeploy_version: str = ""
+
+    @property
+    def weights(self) -> str:
+        if self.checkpoint_sha256:
+            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}..."
+        return f"seeded-random (seed {self.seed}, no checkpoint)"
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["tokens"] = list(self.tokens)
+        return json.dumps({"version": RECIPE_VERSION, **d}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "Recipe":
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError("not a JSON object")
+            version = d.pop("version", None)
+            if version != RECIPE_VERSION:
+                raise UserError(f"{source}: recipe version {version!r} is not {RECIPE_VERSION}; re-export it with "
+                                f"this tpdeploy")
+            d["data_config"] = DataConfig(**d["data_config"])
+            d["tokens"] = tuple(d["tokens"])
+            recipe = cls(**d)
+        except UserError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({e})") from None
+        if (not all(isinstance(t, int) for t in recipe.tokens) or not isinstance(recipe.iterations, int)
+                or recipe.dtype not in ("fp32", "fp16")):
+            raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid (tokens, iterations, dtype)")
+        return recipe
