@@ -2,7 +2,6 @@
 `pytest -m trt` on a machine with TensorRT and a GPU."""
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -16,8 +15,6 @@ from onnx import TensorProto, helper
 
 from tpdeploy import TpdeployError, engine, onnx_op
 from tpdeploy.images import sample_images
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def images_model(path, batch="B", dtype=TensorProto.FLOAT, pools=((150, "kmedoids"),)):
@@ -104,14 +101,6 @@ def test_plugin_fields_come_from_the_node_attributes(tmp_path, plugin):
     onnx.save(proto, path)
     with pytest.raises(TpdeployError, match="num_clusters is missing or of the wrong type"):
         engine.plan_build(path, "m.plan", 10)
-
-
-def test_plugin_source_declares_the_same_fields():
-    """The C++ creator's fields are the ones the ONNX attributes map to (INT -> kINT32, STRING -> kCHAR)."""
-    source = (REPO / "plugins" / "tokenpool" / "tokenPoolPlugin.cpp").read_text()
-    kinds = {onnx.AttributeProto.INT: "kINT32", onnx.AttributeProto.STRING: "kCHAR"}
-    for name, kind in engine.PLUGIN_FIELDS.items():
-        assert re.search(rf'"{name}".*PluginFieldType::{kinds[kind]}', source), name
 
 
 def test_no_plugin_inlines_the_function_into_standard_ops(tmp_path):
