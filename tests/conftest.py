@@ -1,5 +1,9 @@
+import io
 import os
 import shutil
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,11 @@ def has_cuda():
 
 requires_gpu = pytest.mark.skipif(not has_cuda(), reason="needs an NVIDIA GPU with a CUDA build of torch")
 requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
+
+REPO = Path(__file__).resolve().parent.parent
+# NVIDIA/TensorRT's public repository as a bare git dir: its include/ folder is all the plugin needs to build
+TENSORRT_GIT_DIR = Path(os.environ.get("TENSORRT_GIT_DIR", "/work/.mirror/NVIDIA+TensorRT/repo"))
+TENSORRT_HEADERS_REF = "v11.1"  # the headers of the session's plugins build when $TENSORRT_ROOT is not set
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +58,48 @@ def in_tmp(tmp_path, monkeypatch):
 
 def files_in(path):
     return sorted(os.listdir(path))
+
+
+@pytest.fixture(scope="session")
+def tensorrt_headers(tmp_path_factory):
+    """ref -> TensorRT's include folder at that git ref of TENSORRT_GIT_DIR, exported into a temporary folder once
+    per ref, or None without the repository or the ref."""
+    exported = {}
+
+    def include_dir(ref):
+        if ref not in exported:
+            archive = ["git", "--git-dir", str(TENSORRT_GIT_DIR), "archive", "--format=tar", ref, "include"]
+            done = subprocess.run(archive, capture_output=True)
+            exported[ref] = None
+            if done.returncode == 0:
+                folder = tmp_path_factory.mktemp(f"tensorrt-{ref}")
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+                tarfile.open(fileobj=io.BytesIO(done.stdout)).extractall(folder, **safe)
+                exported[ref] = folder / "include"
+        return exported[ref]
+
+    return include_dir
+
+
+@pytest.fixture(scope="session")
+def plugins_build(tmp_path_factory, tensorrt_headers):
+    """plugins/ built once per session by CMake into a fresh folder, for one GPU architecture (this machine's GPU,
+    else sm_80) to keep it short, with -Werror on the C++ (-Wall -Wextra come from the CMake files). The TensorRT
+    plugin is built against $TENSORRT_ROOT's headers, else those of TENSORRT_HEADERS_REF from TENSORRT_GIT_DIR, else
+    not at all. Returns the build folder."""
+    if shutil.which("nvcc") is None or shutil.which("cmake") is None:
+        pytest.skip("needs nvcc and cmake")
+    arch = "80-real"
+    if has_cuda():
+        import torch
+        arch = "{}{}-real".format(*torch.cuda.get_device_capability())
+    build = tmp_path_factory.mktemp("plugins")
+    configure = ["cmake", "-S", str(REPO / "plugins"), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
+                 "-DCMAKE_CXX_FLAGS=-Werror"]
+    include = None if os.environ.get("TENSORRT_ROOT") else tensorrt_headers(TENSORRT_HEADERS_REF)
+    if include is not None:
+        configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
+    for cmd in (configure, ["cmake", "--build", str(build), "-j"]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return build

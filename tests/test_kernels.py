@@ -1,21 +1,17 @@
 """The TokenPool CUDA kernels (plugins/tokenpool): the CMake build, the C API without a GPU, and, on a GPU,
 agreement with the PyTorch reference (tpdeploy.op.reference_token_pool)."""
 import ctypes
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import requires_gpu, requires_nvcc
+from conftest import REPO, requires_gpu, requires_nvcc
 
 from tpdeploy import create_model, kernels
 from tpdeploy.artifacts import libraries
 from tpdeploy.images import sample_images
 from tpdeploy.op import reference_token_pool
 
-REPO = Path(__file__).resolve().parent.parent
 INVALID, UNSUPPORTED = 1, 2
 GOOD = dict(batch=2, tokens=196, channels=384, clusters=110, iterations=3, mode=0, weighted=1, x_type=1, w_type=0)
 
@@ -25,15 +21,9 @@ def params(**changes):
 
 
 @pytest.fixture(scope="session")
-def library(tmp_path_factory):
-    """libtokenpool_kernels.so built by CMake into a fresh folder (about a minute on two cores)."""
-    if shutil.which("nvcc") is None or shutil.which("cmake") is None:
-        pytest.skip("needs nvcc and cmake")
-    build = tmp_path_factory.mktemp("plugins")
-    for cmd in (["cmake", "-S", str(REPO / "plugins"), "-B", str(build)], ["cmake", "--build", str(build), "-j"]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return build / libraries.KERNELS_LIBRARY
+def library(plugins_build):
+    """libtokenpool_kernels.so of the session's CMake build (conftest.plugins_build)."""
+    return plugins_build / libraries.KERNELS_LIBRARY
 
 
 @pytest.fixture(scope="session")

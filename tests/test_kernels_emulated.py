@@ -16,8 +16,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_onnx_op import run_function
 
 from tpdeploy import kernels
 from tpdeploy.op import reference_token_pool
@@ -221,6 +223,42 @@ def test_misaligned_pointers(lib, mode, x_dtype):
     order = schedules()
     for workspace_offset, shift in ((1, 0), (8, 1), (200, 2), (255, 3)):
         check(lib, x, w, 7, t, mode, True, next(order), exact=True, workspace_offset=workspace_offset, shift=shift)
+
+
+def negative_zero_case():
+    """Image 0's first centre is token 0, whose first coordinate is -0.0; its cluster (tokens 0 and 1) has the
+    mean +0.0 there while its second coordinate moves. Image 1 converges at once (each centre stays, the
+    -0.0 coordinate equal in value to its mean +0.0)."""
+    x = torch.tensor([[[-0.0, 0.0], [0.0, 2.0], [10.0, 10.0], [10.0, 12.0]],
+                      [[-0.0, 1.0], [5.0, 5.0], [50.0, 50.0], [60.0, 60.0]]])
+    return x, torch.tensor([[4.0, 1.0, 3.0, 2.0], [4.0, 3.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize("weighted", [True, False], ids=["w", "unw"])
+@pytest.mark.parametrize("x_dtype", [F32, F16], ids=["x32", "x16"])
+def test_kmeans_replaces_a_negative_zero_centre_by_its_positive_zero_mean(lib, weighted, x_dtype):
+    """The mean's bits replace the centre's even when they are equal in value (-0.0 == +0.0): as the reference's
+    `centres = new` and the ONNX function's Loop state. Image 1 alone converges before any update, where the
+    reference keeps X's -0.0 (test below); in this batch image 0 still moves, so the reference updates both."""
+    x, w = negative_zero_case()
+    x = x.to(x_dtype)
+    want = run_function(x.numpy(), w.to(x_dtype).numpy(), 2, 3, "kmeans", weighted, str(x_dtype).removeprefix("torch."))
+    assert not np.signbit(want).any()  # the ONNX function writes +0.0 everywhere
+    for schedule in (0, 1, 2):
+        check(lib, x, w, 2, 3, "kmeans", weighted, schedule, exact=True)  # the reference, bit for bit
+        assert torch.equal(bits(run(lib, x, w, 2, 3, "kmeans", weighted, schedule)), bits(torch.from_numpy(want)))
+        got = run(lib, x[1:], w[1:], 2, 3, "kmeans", weighted, schedule)  # image 1 alone: the same bits
+        assert torch.equal(bits(got), bits(torch.from_numpy(want[1:])))
+
+
+def test_reference_agrees_with_the_onnx_function_on_a_negative_zero_centre():
+    """The reference once broke out of its loop before taking the means when nothing moved in value, so an image
+    kept X's -0.0 when its whole batch converged in the first iteration (and +0.0 when another image still
+    moved): every implementation writes the mean's bits."""
+    x, w = negative_zero_case()
+    x, w = x[1:], w[1:]
+    want = run_function(x.numpy(), w.numpy(), 2, 3, "kmeans", True)
+    assert torch.equal(bits(reference_token_pool(x, w, 2, 3, "kmeans", True)), bits(torch.from_numpy(want)))
 
 
 def test_batch_zero_launches_nothing(lib):

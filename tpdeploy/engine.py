@@ -51,10 +51,11 @@ class BuildPlan:
 
 def plugin_nodes(model: OnnxFile) -> list[dict]:
     """The TokenPool nodes and the plugin fields each will get; refuses nodes the plugin cannot take."""
+    types = {"INT": int, "STRING": str}
     nodes = []
     for node in model.token_pool_nodes:
-        missing = [f for f in tokenpool.PLUGIN_FIELDS if f not in node]
-        if missing or node["mode"] not in tokenpool.MODES:
+        wrong = [f for f, t in tokenpool.PLUGIN_FIELDS.items() if not isinstance(node.get(f), types[t])]
+        if wrong or node["mode"] not in tokenpool.MODES:
             raise UserError(f"{model.path}: node {node['name']} is not a TokenPool v1 node the plugin can run "
                             f"(attributes {sorted(node)})")
         nodes.append({"name": node["name"], **{f: node[f] for f in tokenpool.PLUGIN_FIELDS}})

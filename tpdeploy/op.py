@@ -117,7 +117,8 @@ def _kmeans(x, w, init, iterations):
             1, assign[:, :, None].expand(b, n, c), weighted_x)
         safe_total = torch.where(total > 0, total, 1.0)  # avoids 0/0, whose gradient would be NaN
         new = torch.where(total[:, :, None] > 0, sums / safe_total[:, :, None], centres)
-        if torch.equal(new, centres):
-            break  # a fixed point
-        centres = new
+        moved = not torch.equal(new, centres)
+        centres = new  # the means' bits even at a fixed point (a -0.0 centre becomes the +0.0 mean), as the
+        if not moved:  # ONNX function and the kernels write them
+            break
     return centres

@@ -300,10 +300,10 @@ __global__ void __launch_bounds__(kImageThreads) kmeans_step(const TX* x, const 
                 sum += __fmul_rn(to_float(x[static_cast<size_t>(j) * c + ch]), cluster_w[j]);  // x * w rounded, as op.py
             }
             const float mean = sum / total[cc];
-            if (mean != centres[q]) {  // NaN != NaN: moves, as torch.equal
-                centres[q] = mean;
-                moved = true;
-            }
+            // moved as torch.equal sees it (values: NaN moves, -0.0 == +0.0 does not), but the mean's bits are
+            // stored either way: a +0.0 mean replaces a -0.0 centre, as op.py's `centres = new`
+            moved |= mean != centres[q];
+            centres[q] = mean;
         }
     }
     if (!__syncthreads_or(moved) && t == 0) done[image] = 1;

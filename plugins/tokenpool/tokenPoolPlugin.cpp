@@ -1,29 +1,18 @@
 /*
- * tpdeploy: TensorRT IPluginV3 plugin for tpdeploy::TokenPool, and the plugin-library entry points.
- * See tokenPoolPlugin.h for the interfaces and README.md ("TensorRT plugin") for building and loading.
+ * tpdeploy: the IPluginV3 shim of the TokenPool plugin (see tokenPoolPlugin.h). Each method translates TensorRT's
+ * arguments into tokenPoolCore.h's structs, calls the core, and translates or reports the result.
  *
- * Method contracts cited below are those of the TensorRT 10.x/11.x headers (NvInferRuntime.h,
- * NvInferPluginBase.h) and the developer guide's "Plugin API Description" page:
+ * Method contracts are those of the TensorRT 10.x/11.x headers (NvInferRuntime.h, NvInferPluginBase.h) and the
+ * developer guide's "Plugin API Description" page:
  * https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/plugins-api-migration.html
  */
 #include "tokenPoolPlugin.h"
 
-#include "tokenPoolKernel.h"
+#include "tokenPoolRegistration.h"
 
-#include <atomic>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
+#include <algorithm>
 #include <exception>
-#include <limits>
-#include <mutex>
-#include <new>
-#include <sstream>
 #include <utility>
-
-#if !defined(_WIN32)
-#include <dlfcn.h>
-#endif
 
 using namespace nvinfer1;
 
@@ -32,233 +21,131 @@ namespace tpdeploy
 namespace
 {
 
-// ---------------------------------------------------------------------------------------------------------------
-// Logging. TensorRT gives a plugin library an ILoggerFinder through setLoggerFinder() (NvInferRuntime.h,
-// class ILoggerFinder); initLibTpdeployPlugins() may give an ILogger. Without either, errors go to stderr.
-// ---------------------------------------------------------------------------------------------------------------
-std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
-std::atomic<ILogger*> gLogger{nullptr};
-
-void logMessage(ILogger::Severity severity, std::string const& message) noexcept
-{
-    try
-    {
-        ILogger* logger = nullptr;
-        if (ILoggerFinder* finder = gLoggerFinder.load())
-        {
-            logger = finder->findLogger(); // must be called on the thread of the plugin call (it is)
-        }
-        if (logger == nullptr)
-        {
-            logger = gLogger.load();
-        }
-        std::string const text = "[tpdeploy::TokenPool] " + message;
-        if (logger != nullptr)
-        {
-            logger->log(severity, text.c_str());
-        }
-        else if (severity <= ILogger::Severity::kWARNING)
-        {
-            std::fprintf(stderr, "%s\n", text.c_str());
-        }
-    }
-    catch (...)
-    {
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Helpers between TensorRT descriptors and the launcher's tpParams (tokenPoolKernel.h).
-// ---------------------------------------------------------------------------------------------------------------
-bool toTpType(DataType type, tpDataType& out) noexcept
+// --- TensorRT -> core ---------------------------------------------------------------------------------------------
+tpdeploy::DataType toCore(nvinfer1::DataType type) noexcept
 {
     switch (type)
     {
-    case DataType::kFLOAT: out = TP_FLOAT32; return true;
-    case DataType::kHALF: out = TP_FLOAT16; return true;
-    default: return false;
+    case nvinfer1::DataType::kFLOAT: return tpdeploy::DataType::kFLOAT;
+    case nvinfer1::DataType::kHALF: return tpdeploy::DataType::kHALF;
+    case nvinfer1::DataType::kBF16: return tpdeploy::DataType::kBF16;
+    case nvinfer1::DataType::kINT8: return tpdeploy::DataType::kINT8;
+    case nvinfer1::DataType::kINT32: return tpdeploy::DataType::kINT32;
+    case nvinfer1::DataType::kINT64: return tpdeploy::DataType::kINT64;
+    default: return tpdeploy::DataType::kOTHER;
     }
 }
 
-char const* typeName(DataType type) noexcept
+tpdeploy::Dims toCore(nvinfer1::Dims const& dims) noexcept
+{
+    tpdeploy::Dims out;
+    out.nbDims = dims.nbDims;
+    std::copy_n(dims.d, std::clamp(dims.nbDims, 0, kMAX_DIMS), out.d);
+    return out;
+}
+
+//! Constant extents by value, the others -1.
+tpdeploy::Dims toCore(DimsExprs const& dims) noexcept
+{
+    tpdeploy::Dims out;
+    out.nbDims = dims.nbDims;
+    for (int32_t i = 0; i < std::clamp(dims.nbDims, 0, kMAX_DIMS); ++i)
+    {
+        out.d[i] = dims.d[i]->isConstant() ? dims.d[i]->getConstantValue() : -1;
+    }
+    return out;
+}
+
+TensorDesc toCore(PluginTensorDesc const& desc) noexcept
+{
+    return {toCore(desc.dims), toCore(desc.type),
+        desc.format == TensorFormat::kLINEAR ? Format::kLINEAR : Format::kOTHER};
+}
+
+DynamicTensorDesc toCore(DynamicPluginTensorDesc const& desc) noexcept
+{
+    return {toCore(desc.desc), toCore(desc.min), toCore(desc.max)};
+}
+
+Field toCore(PluginField const& field) noexcept
+{
+    FieldType type = FieldType::kOTHER;
+    switch (field.type)
+    {
+    case PluginFieldType::kINT32: type = FieldType::kINT32; break;
+    case PluginFieldType::kINT64: type = FieldType::kINT64; break;
+    case PluginFieldType::kCHAR: type = FieldType::kCHAR; break;
+    default: break;
+    }
+    return {field.name, field.data, type, field.length};
+}
+
+//! items[0 .. count) translated one by one.
+template <typename T>
+auto toCore(T const* items, int32_t count) -> std::vector<decltype(toCore(*items))>
+{
+    std::vector<decltype(toCore(*items))> out;
+    for (int32_t i = 0; items != nullptr && i < count; ++i)
+    {
+        out.push_back(toCore(items[i]));
+    }
+    return out;
+}
+
+// --- core -> TensorRT ---------------------------------------------------------------------------------------------
+//! The inverse of toCore (outputTypes() never gives kOTHER).
+nvinfer1::DataType toTrt(tpdeploy::DataType type) noexcept
 {
     switch (type)
     {
-    case DataType::kFLOAT: return "float32";
-    case DataType::kHALF: return "float16";
-    case DataType::kBF16: return "bfloat16";
-    case DataType::kINT8: return "int8";
-    case DataType::kINT32: return "int32";
-    case DataType::kINT64: return "int64";
-    default: return "an unsupported type";
+    case tpdeploy::DataType::kHALF: return nvinfer1::DataType::kHALF;
+    case tpdeploy::DataType::kBF16: return nvinfer1::DataType::kBF16;
+    case tpdeploy::DataType::kINT8: return nvinfer1::DataType::kINT8;
+    case tpdeploy::DataType::kINT32: return nvinfer1::DataType::kINT32;
+    case tpdeploy::DataType::kINT64: return nvinfer1::DataType::kINT64;
+    case tpdeploy::DataType::kFLOAT:
+    case tpdeploy::DataType::kOTHER: break;
+    }
+    return nvinfer1::DataType::kFLOAT;
+}
+
+ErrorCode toTrt(Status status) noexcept
+{
+    switch (status)
+    {
+    case Status::kINVALID_CONFIG: return ErrorCode::kINVALID_CONFIG;
+    case Status::kFAILED_EXECUTION: return ErrorCode::kFAILED_EXECUTION;
+    default: return ErrorCode::kINVALID_ARGUMENT;
     }
 }
 
-bool fitsInt(int64_t value) noexcept
+std::vector<PluginField> toTrt(std::vector<Field> const& fields)
 {
-    return value >= 0 && value <= std::numeric_limits<int>::max();
-}
-
-//! Fills params for X [b, n, c] (concrete extents); false (and a message) when a type or extent does not fit.
-bool makeParams(TokenPoolAttributes const& attributes, int64_t b, int64_t n, int64_t c, DataType xType, DataType wType,
-    tpParams& params, std::string& error)
-{
-    params = tpParams{};
-    if (!toTpType(xType, params.x_type) || !toTpType(wType, params.w_type))
+    std::vector<PluginField> out;
+    for (Field const& field : fields)
     {
-        error = std::string("X and W must be float32 or float16, got ") + typeName(xType) + " and " + typeName(wType);
-        return false;
-    }
-    if (!fitsInt(b) || !fitsInt(n) || !fitsInt(c))
-    {
-        error = "tensor extents out of range";
-        return false;
-    }
-    params.batch = static_cast<int>(b);
-    params.tokens = static_cast<int>(n);
-    params.channels = static_cast<int>(c);
-    params.clusters = attributes.numClusters;
-    params.iterations = attributes.iterations;
-    params.mode = attributes.mode == "kmeans" ? TP_KMEANS : TP_KMEDOIDS;
-    params.weighted = attributes.weighted;
-    return true;
-}
-
-std::string dimsString(Dims const& dims)
-{
-    std::ostringstream os;
-    os << '[';
-    for (int32_t i = 0; i < dims.nbDims; ++i)
-    {
-        os << (i ? ", " : "") << dims.d[i];
-    }
-    os << ']';
-    return os.str();
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Creator fields (PluginField / PluginFieldCollection: NvInferPluginBase.h).
-// ---------------------------------------------------------------------------------------------------------------
-bool readInt(PluginField const& field, int32_t& out, std::string& error)
-{
-    if (field.data != nullptr && field.length >= 1)
-    {
-        if (field.type == PluginFieldType::kINT32)
+        PluginFieldType type = PluginFieldType::kUNKNOWN;
+        switch (field.type)
         {
-            out = *static_cast<int32_t const*>(field.data);
-            return true;
+        case FieldType::kINT32: type = PluginFieldType::kINT32; break;
+        case FieldType::kINT64: type = PluginFieldType::kINT64; break;
+        case FieldType::kCHAR: type = PluginFieldType::kCHAR; break;
+        case FieldType::kOTHER: break;
         }
-        if (field.type == PluginFieldType::kINT64)
-        {
-            int64_t const value = *static_cast<int64_t const*>(field.data);
-            if (value >= std::numeric_limits<int32_t>::min() && value <= std::numeric_limits<int32_t>::max())
-            {
-                out = static_cast<int32_t>(value);
-                return true;
-            }
-        }
+        out.emplace_back(field.name, field.data, type, field.length);
     }
-    error = std::string("plugin field '") + field.name + "' must be one kINT32 value";
-    return false;
+    return out;
 }
-
-bool readString(PluginField const& field, std::string& out, std::string& error)
-{
-    if (field.type != PluginFieldType::kCHAR || field.data == nullptr || field.length < 1)
-    {
-        error = std::string("plugin field '") + field.name + "' must be a kCHAR string";
-        return false;
-    }
-    // The ONNX parser passes the characters plus a terminating NUL (length counts it); other callers may not.
-    char const* chars = static_cast<char const*>(field.data);
-    out.assign(chars, strnlen(chars, static_cast<size_t>(field.length)));
-    return true;
-}
-
-TokenPoolPluginCreator& creatorInstance()
-{
-    static TokenPoolPluginCreator creator;
-    return creator;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Optional self-registration (initLibTpdeployPlugins). getPluginRegistry() (NvInferRuntime.h) is looked up at run
-// time in the libnvinfer the host process uses, so this library need not link against libnvinfer.
-// ---------------------------------------------------------------------------------------------------------------
-std::mutex gRegisterMutex;
-bool gSelfRegistered{false};
-
-using GetPluginRegistryFn = IPluginRegistry* (*) ();
-
-GetPluginRegistryFn findGetPluginRegistry()
-{
-#if defined(_WIN32)
-    return nullptr; // on Windows, load the library with IPluginRegistry::loadLibrary instead
-#else
-    void* symbol = dlsym(RTLD_DEFAULT, "getPluginRegistry");
-    if (symbol == nullptr)
-    {
-        // Python extension modules load libnvinfer with RTLD_LOCAL: find it by soname without loading anything.
-        std::string const versioned = "libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR);
-        for (char const* soname : {versioned.c_str(), "libnvinfer.so"})
-        {
-            if (void* handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD))
-            {
-                symbol = dlsym(handle, "getPluginRegistry");
-                dlclose(handle); // drops only the reference RTLD_NOLOAD added
-                if (symbol != nullptr)
-                {
-                    break;
-                }
-            }
-        }
-    }
-    if (symbol == nullptr)
-    {
-        // Not loaded yet (e.g. LD_PRELOAD): load it by soname, as a link-time dependency would. It stays loaded, and
-        // the host's own later load of the same soname gets this instance (and its registry).
-        std::string const versioned = "libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR);
-        if (void* handle = dlopen(versioned.c_str(), RTLD_LAZY | RTLD_GLOBAL))
-        {
-            symbol = dlsym(handle, "getPluginRegistry");
-        }
-    }
-    return reinterpret_cast<GetPluginRegistryFn>(symbol);
-#endif
-}
-
-//! TPDEPLOY_TRT_AUTOREGISTER=1: register when the library is loaded, for hosts that only dlopen() it.
-struct AutoRegisterOnLoad
-{
-    AutoRegisterOnLoad()
-    {
-        char const* value = std::getenv("TPDEPLOY_TRT_AUTOREGISTER");
-        if (value != nullptr && std::strcmp(value, "1") == 0)
-        {
-            initLibTpdeployPlugins(nullptr);
-        }
-    }
-};
-AutoRegisterOnLoad const gAutoRegisterOnLoad;
 
 } // namespace
 
 // =================================================================================================================
 // TokenPoolPlugin
 // =================================================================================================================
-TokenPoolPlugin::TokenPoolPlugin(std::string layerName, TokenPoolAttributes attributes)
+TokenPoolPlugin::TokenPoolPlugin(std::string layerName, Attributes attributes)
     : mLayerName(std::move(layerName))
-    , mAttributes(std::move(attributes))
+    , mCore(std::move(attributes))
 {
-    std::ostringstream id;
-    id << kTOKEN_POOL_NAMESPACE << "::" << kTOKEN_POOL_NAME << '/' << kTOKEN_POOL_VERSION
-       << ";K=" << mAttributes.numClusters << ";T=" << mAttributes.iterations << ";mode=" << mAttributes.mode
-       << ";weighted=" << mAttributes.weighted;
-    mTimingCacheId = id.str();
-    std::ostringstream meta;
-    meta << "num_clusters=" << mAttributes.numClusters << " iterations=" << mAttributes.iterations
-         << " mode=" << mAttributes.mode << " weighted=" << mAttributes.weighted;
-    mMetadata = meta.str();
 }
 
 // IPluginV3::getCapabilityInterface (NvInferPluginBase.h): a build-phase object must expose core, build and runtime.
@@ -278,7 +165,7 @@ IPluginV3* TokenPoolPlugin::clone() noexcept
 {
     try
     {
-        auto* plugin = new TokenPoolPlugin(mLayerName, mAttributes);
+        auto* plugin = new TokenPoolPlugin(mLayerName, mCore.attributes());
         plugin->mErrorRecorder = mErrorRecorder;
         return plugin;
     }
@@ -304,65 +191,13 @@ char const* TokenPoolPlugin::getPluginNamespace() const noexcept
     return kTOKEN_POOL_NAMESPACE;
 }
 
-std::string TokenPoolPlugin::checkDims(Dims const& x, Dims const& w) const
-{
-    if (x.nbDims != 3 || w.nbDims != 2)
-    {
-        return "X must be [B, N, C] and W [B, N], got X " + dimsString(x) + " and W " + dimsString(w);
-    }
-    for (int32_t i = 0; i < 2; ++i)
-    {
-        if (x.d[i] >= 0 && w.d[i] >= 0 && x.d[i] != w.d[i])
-        {
-            return "W must be [B, N] = [X.shape[0], X.shape[1]], got X " + dimsString(x) + " and W " + dimsString(w);
-        }
-    }
-    if (x.d[1] >= 0 && x.d[1] < mAttributes.numClusters)
-    {
-        return "num_clusters K=" + std::to_string(mAttributes.numClusters) + " exceeds the number of tokens N="
-            + std::to_string(x.d[1]) + " (X " + dimsString(x) + "); K must be <= N";
-    }
-    return {};
-}
-
-// IPluginV3OneBuild::configurePlugin (NvInferRuntime.h): called per profile with its min/opt/max; non-zero fails the
-// build. Checks K <= N over the whole profile and that the launcher accepts the profile's largest problem.
+// IPluginV3OneBuild::configurePlugin (NvInferRuntime.h): per profile, with its min/opt/max; non-zero fails the build.
 int32_t TokenPoolPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
     DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     try
     {
-        if (nbInputs != 2 || nbOutputs != 1)
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, "expects 2 inputs (X, W) and 1 output");
-            return -1;
-        }
-        std::string error = checkDims(in[0].min, in[1].min);
-        if (error.empty())
-        {
-            error = checkDims(in[0].max, in[1].max);
-        }
-        if (!error.empty())
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, error + " (optimization profile min/max)");
-            return -1;
-        }
-        Dims const& xMax = in[0].max;
-        tpParams params{};
-        if (!makeParams(mAttributes, xMax.d[0], xMax.d[1], xMax.d[2], in[0].desc.type, in[1].desc.type, params, error))
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, error);
-            return -1;
-        }
-        tpStatus const status = tokenPoolValidate(&params);
-        if (status != TP_SUCCESS)
-        {
-            reportError(ErrorCode::kINVALID_CONFIG,
-                "the profile's largest input X " + dimsString(xMax) + " is not supported by the kernel: "
-                    + tokenPoolStatusString(status));
-            return -1;
-        }
-        return 0;
+        return report(mCore.configure(toCore(in, nbInputs).data(), nbInputs, nbOutputs));
     }
     catch (...)
     {
@@ -370,26 +205,20 @@ int32_t TokenPoolPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int3
     }
 }
 
-// IPluginV3OneBuild::getOutputDataTypes (NvInferRuntime.h): Y has X's type.
-int32_t TokenPoolPlugin::getOutputDataTypes(
-    DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
+// IPluginV3OneBuild::getOutputDataTypes (NvInferRuntime.h).
+int32_t TokenPoolPlugin::getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
+    nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
     try
     {
-        if (nbInputs != 2 || nbOutputs != 1)
+        std::vector<tpdeploy::DataType> types = toCore(inputTypes, nbInputs);
+        std::vector<tpdeploy::DataType> outTypes(std::max(nbOutputs, 0));
+        Result const result = mCore.outputTypes(types.data(), nbInputs, outTypes.data(), nbOutputs);
+        for (int32_t o = 0; result.ok() && o < nbOutputs; ++o)
         {
-            reportError(ErrorCode::kINVALID_ARGUMENT, "expects 2 inputs (X, W) and 1 output");
-            return -1;
+            outputTypes[o] = toTrt(outTypes[o]);
         }
-        tpDataType unused{};
-        if (!toTpType(inputTypes[0], unused) || !toTpType(inputTypes[1], unused))
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, std::string("X and W must be float32 or float16, got ")
-                    + typeName(inputTypes[0]) + " and " + typeName(inputTypes[1]));
-            return -1;
-        }
-        outputTypes[0] = inputTypes[0];
-        return 0;
+        return report(result);
     }
     catch (...)
     {
@@ -397,29 +226,25 @@ int32_t TokenPoolPlugin::getOutputDataTypes(
     }
 }
 
-// IPluginV3OneBuild::getOutputShapes (NvInferRuntime.h): Y = [B, K, C] built with IExprBuilder; K is a constant.
+// IPluginV3OneBuild::getOutputShapes (NvInferRuntime.h): each output extent is an input expression of X or a constant.
 int32_t TokenPoolPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
     int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
 {
     try
     {
-        if (nbInputs != 2 || nbOutputs != 1 || inputs[0].nbDims != 3 || inputs[1].nbDims != 2)
+        std::vector<tpdeploy::Dims> dims = toCore(inputs, nbInputs);
+        std::vector<OutputShape> shapes(std::max(nbOutputs, 0));
+        Result const result = mCore.outputShapes(dims.data(), nbInputs, shapes.data(), nbOutputs);
+        for (int32_t o = 0; result.ok() && o < nbOutputs; ++o)
         {
-            reportError(ErrorCode::kINVALID_ARGUMENT, "expects inputs X [B, N, C] and W [B, N], and 1 output");
-            return -1;
+            outputs[o].nbDims = shapes[o].nbDims;
+            for (int32_t i = 0; i < shapes[o].nbDims; ++i)
+            {
+                OutputExtent const& extent = shapes[o].d[i];
+                outputs[o].d[i] = extent.fromX >= 0 ? inputs[0].d[extent.fromX] : exprBuilder.constant(extent.value);
+            }
         }
-        IDimensionExpr const* n = inputs[0].d[1];
-        if (n->isConstant() && n->getConstantValue() < mAttributes.numClusters)
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, "num_clusters K=" + std::to_string(mAttributes.numClusters)
-                    + " exceeds the number of tokens N=" + std::to_string(n->getConstantValue()) + "; K must be <= N");
-            return -1;
-        }
-        outputs[0].nbDims = 3;
-        outputs[0].d[0] = inputs[0].d[0];
-        outputs[0].d[1] = exprBuilder.constant(mAttributes.numClusters);
-        outputs[0].d[2] = inputs[0].d[2];
-        return 0;
+        return report(result);
     }
     catch (...)
     {
@@ -428,24 +253,17 @@ int32_t TokenPoolPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInpu
 }
 
 // IPluginV3OneBuild::supportsFormatCombination (NvInferRuntime.h): decide pos from inOut[0..pos] only.
-// Linear layout everywhere; X float32|float16; W float32|float16 (independent of X); Y the type of X.
 bool TokenPoolPlugin::supportsFormatCombination(
     int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept
 {
-    if (nbInputs != 2 || nbOutputs != 1 || pos < 0 || pos >= 3)
+    try
+    {
+        return mCore.supportsFormatCombination(pos, toCore(inOut, nbInputs + nbOutputs).data(), nbInputs, nbOutputs);
+    }
+    catch (...)
     {
         return false;
     }
-    PluginTensorDesc const& desc = inOut[pos].desc;
-    if (desc.format != TensorFormat::kLINEAR)
-    {
-        return false;
-    }
-    if (pos == 2)
-    {
-        return desc.type == inOut[0].desc.type;
-    }
-    return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF;
 }
 
 int32_t TokenPoolPlugin::getNbOutputs() const noexcept
@@ -454,25 +272,12 @@ int32_t TokenPoolPlugin::getNbOutputs() const noexcept
 }
 
 // IPluginV3OneBuild::getWorkspaceSize (NvInferRuntime.h): enough for the profile's max dims "or any smaller problem".
-// Relies on tokenPoolWorkspaceSize() growing with B, N and C.
 size_t TokenPoolPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept
 {
     try
     {
-        if (nbInputs != 2 || inputs[0].max.nbDims != 3)
-        {
-            return 0;
-        }
-        Dims const& xMax = inputs[0].max;
-        tpParams params{};
-        std::string error;
-        if (!makeParams(mAttributes, xMax.d[0], xMax.d[1], xMax.d[2], inputs[0].desc.type, inputs[1].desc.type, params,
-                error))
-        {
-            return 0;
-        }
-        return tokenPoolWorkspaceSize(&params);
+        return mCore.workspaceSize(toCore(inputs, nbInputs).data(), nbInputs);
     }
     catch (...)
     {
@@ -483,46 +288,22 @@ size_t TokenPoolPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* inputs, 
 // IPluginV3OneBuild::getTimingCacheID (NvInferRuntime.h): creation state only; TensorRT adds I/O shapes and formats.
 char const* TokenPoolPlugin::getTimingCacheID() noexcept
 {
-    return mTimingCacheId.c_str();
+    return mCore.timingCacheId().c_str();
 }
 
 // IPluginV3OneBuild::getMetadataString (NvInferRuntime.h): attribute values, shown in engine inspection.
 char const* TokenPoolPlugin::getMetadataString() noexcept
 {
-    return mMetadata.c_str();
+    return mCore.metadata().c_str();
 }
 
-// IPluginV3OneRuntime::onShapeChange (NvInferRuntime.h): concrete dims before enqueue; reject K > N and shapes the
-// launcher cannot run, with a message through the context's error recorder.
+// IPluginV3OneRuntime::onShapeChange (NvInferRuntime.h): the concrete shapes before enqueue.
 int32_t TokenPoolPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept
 {
     try
     {
-        if (nbInputs != 2 || nbOutputs != 1)
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, "expects 2 inputs (X, W) and 1 output");
-            return -1;
-        }
-        std::string error = checkDims(in[0].dims, in[1].dims);
-        tpParams params{};
-        if (error.empty()
-            && makeParams(mAttributes, in[0].dims.d[0], in[0].dims.d[1], in[0].dims.d[2], in[0].type, in[1].type,
-                params, error))
-        {
-            tpStatus const status = tokenPoolValidate(&params);
-            if (status != TP_SUCCESS)
-            {
-                error = "input X " + dimsString(in[0].dims) + " is not supported by the kernel: "
-                    + tokenPoolStatusString(status);
-            }
-        }
-        if (!error.empty())
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, error);
-            return -1;
-        }
-        return 0;
+        return report(mCore.shapeChange(toCore(in, nbInputs).data(), nbInputs, nbOutputs));
     }
     catch (...)
     {
@@ -536,26 +317,8 @@ int32_t TokenPoolPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensor
 {
     try
     {
-        Dims const& x = inputDesc[0].dims;
-        if (x.nbDims == 3 && (x.d[0] == 0 || x.d[2] == 0))
-        {
-            return 0; // empty output: nothing to write
-        }
-        tpParams params{};
-        std::string error;
-        if (!makeParams(mAttributes, x.d[0], x.d[1], x.d[2], inputDesc[0].type, inputDesc[1].type, params, error))
-        {
-            reportError(ErrorCode::kINVALID_ARGUMENT, error);
-            return -1;
-        }
-        tpStatus const status = tokenPoolLaunch(&params, inputs[0], inputs[1], outputs[0], workspace, stream);
-        if (status != TP_SUCCESS)
-        {
-            reportError(status == TP_ERROR_CUDA ? ErrorCode::kFAILED_EXECUTION : ErrorCode::kINVALID_ARGUMENT,
-                std::string("kernel launch failed for X ") + dimsString(x) + ": " + tokenPoolStatusString(status));
-            return -1;
-        }
-        return 0;
+        TensorDesc const in[2] = {toCore(inputDesc[0]), toCore(inputDesc[1])};
+        return report(mCore.enqueue(in, inputs, outputs, workspace, stream));
     }
     catch (...)
     {
@@ -581,12 +344,7 @@ PluginFieldCollection const* TokenPoolPlugin::getFieldsToSerialize() noexcept
 {
     try
     {
-        mSerialFields.clear();
-        mSerialFields.emplace_back("num_clusters", &mAttributes.numClusters, PluginFieldType::kINT32, 1);
-        mSerialFields.emplace_back("iterations", &mAttributes.iterations, PluginFieldType::kINT32, 1);
-        mSerialFields.emplace_back("mode", mAttributes.mode.c_str(), PluginFieldType::kCHAR,
-            static_cast<int32_t>(mAttributes.mode.size() + 1)); // with the NUL, as the ONNX parser passes strings
-        mSerialFields.emplace_back("weighted", &mAttributes.weighted, PluginFieldType::kINT32, 1);
+        mSerialFields = toTrt(mCore.serialFields());
         mSerialFieldCollection.nbFields = static_cast<int32_t>(mSerialFields.size());
         mSerialFieldCollection.fields = mSerialFields.data();
         return &mSerialFieldCollection;
@@ -597,14 +355,18 @@ PluginFieldCollection const* TokenPoolPlugin::getFieldsToSerialize() noexcept
     }
 }
 
-void TokenPoolPlugin::reportError(ErrorCode code, std::string const& message) const noexcept
+int32_t TokenPoolPlugin::report(Result const& result) const noexcept
 {
+    if (result.ok())
+    {
+        return 0;
+    }
     try
     {
-        std::string const text = "TokenPool layer '" + mLayerName + "': " + message;
+        std::string const text = "TokenPool layer '" + mLayerName + "': " + result.message;
         if (mErrorRecorder != nullptr)
         {
-            mErrorRecorder->reportError(code, text.c_str()); // IErrorRecorder (NvInferRuntimeBase.h)
+            mErrorRecorder->reportError(toTrt(result.status), text.c_str()); // IErrorRecorder (NvInferRuntimeBase.h)
         }
         else
         {
@@ -614,18 +376,15 @@ void TokenPoolPlugin::reportError(ErrorCode code, std::string const& message) co
     catch (...)
     {
     }
+    return -1;
 }
 
 // =================================================================================================================
 // TokenPoolPluginCreator
 // =================================================================================================================
 TokenPoolPluginCreator::TokenPoolPluginCreator()
+    : mFieldNames(toTrt(fieldList(nullptr)))
 {
-    // The fields the ONNX parser copies from the node's attributes (it only passes the fields listed here).
-    mFieldNames.emplace_back("num_clusters", nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames.emplace_back("iterations", nullptr, PluginFieldType::kINT32, 1);
-    mFieldNames.emplace_back("mode", nullptr, PluginFieldType::kCHAR, 0);
-    mFieldNames.emplace_back("weighted", nullptr, PluginFieldType::kINT32, 1);
     mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
     mFieldCollection.fields = mFieldNames.data();
 }
@@ -638,62 +397,17 @@ IPluginV3* TokenPoolPluginCreator::createPlugin(
     try
     {
         std::string const layer = name != nullptr ? name : "";
-        TokenPoolAttributes attributes;
-        bool haveClusters = false;
-        std::string error;
-        for (int32_t i = 0; fc != nullptr && i < fc->nbFields && error.empty(); ++i)
+        std::vector<Field> const fields = fc != nullptr ? toCore(fc->fields, fc->nbFields) : std::vector<Field>{};
+        Attributes attributes;
+        std::vector<std::string> warnings;
+        Result const parsed = parseFields(fields.data(), static_cast<int32_t>(fields.size()), attributes, warnings);
+        for (std::string const& warning : warnings)
         {
-            PluginField const& field = fc->fields[i];
-            if (field.name == nullptr)
-            {
-                continue;
-            }
-            std::string const fieldName = field.name;
-            if (fieldName == "num_clusters")
-            {
-                haveClusters = readInt(field, attributes.numClusters, error);
-            }
-            else if (fieldName == "iterations")
-            {
-                readInt(field, attributes.iterations, error);
-            }
-            else if (fieldName == "weighted")
-            {
-                readInt(field, attributes.weighted, error);
-            }
-            else if (fieldName == "mode")
-            {
-                readString(field, attributes.mode, error);
-            }
-            else if (fieldName != "plugin_version" && fieldName != "plugin_namespace")
-            {
-                logMessage(ILogger::Severity::kWARNING,
-                    "layer '" + layer + "': ignoring unknown plugin field '" + fieldName + "'");
-            }
+            logMessage(ILogger::Severity::kWARNING, "layer '" + layer + "': " + warning);
         }
-        if (error.empty() && !haveClusters)
+        if (!parsed.ok())
         {
-            error = "plugin field 'num_clusters' is required";
-        }
-        else if (error.empty() && attributes.numClusters < 1)
-        {
-            error = "num_clusters must be >= 1, got " + std::to_string(attributes.numClusters);
-        }
-        else if (error.empty() && attributes.iterations < 0)
-        {
-            error = "iterations must be >= 0, got " + std::to_string(attributes.iterations);
-        }
-        else if (error.empty() && attributes.mode != "kmedoids" && attributes.mode != "kmeans")
-        {
-            error = "mode must be 'kmedoids' or 'kmeans', got '" + attributes.mode + "'";
-        }
-        else if (error.empty() && attributes.weighted != 0 && attributes.weighted != 1)
-        {
-            error = "weighted must be 0 or 1, got " + std::to_string(attributes.weighted);
-        }
-        if (!error.empty())
-        {
-            logMessage(ILogger::Severity::kERROR, "layer '" + layer + "': " + error);
+            logMessage(ILogger::Severity::kERROR, "layer '" + layer + "': " + parsed.message);
             return nullptr;
         }
         return new TokenPoolPlugin(layer, std::move(attributes));
@@ -730,73 +444,3 @@ char const* TokenPoolPluginCreator::getPluginNamespace() const noexcept
 }
 
 } // namespace tpdeploy
-
-// =================================================================================================================
-// Plugin-library entry points (trtexec/samples README "Using your own Plugin"; developer guide "Plugin Shared
-// Libraries"). getPluginCreators is NOT exported: it is the deprecated entry point typed for IPluginCreator (V2),
-// and this library has only an IPluginCreatorV3One.
-// =================================================================================================================
-extern "C" TPDEPLOY_PLUGIN_EXPORT IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
-{
-    static IPluginCreatorInterface* const kCREATORS[] = {&tpdeploy::creatorInstance()};
-    bool selfRegistered = false;
-    {
-        std::lock_guard<std::mutex> lock(tpdeploy::gRegisterMutex);
-        selfRegistered = tpdeploy::gSelfRegistered;
-    }
-    // IPluginRegistry::loadLibrary fails if a creator is already registered. If initLibTpdeployPlugins() already
-    // put this creator in the global registry (TPDEPLOY_TRT_AUTOREGISTER=1), hand out none rather than a duplicate.
-    nbCreators = selfRegistered ? 0 : 1;
-    return kCREATORS;
-}
-
-extern "C" TPDEPLOY_PLUGIN_EXPORT void setLoggerFinder(ILoggerFinder* finder)
-{
-    if (finder != nullptr)
-    {
-        tpdeploy::gLoggerFinder.store(finder);
-    }
-}
-
-extern "C" TPDEPLOY_PLUGIN_EXPORT bool initLibTpdeployPlugins(void* logger)
-{
-    try
-    {
-        std::lock_guard<std::mutex> lock(tpdeploy::gRegisterMutex);
-        if (logger != nullptr)
-        {
-            tpdeploy::gLogger.store(static_cast<ILogger*>(logger));
-        }
-        if (tpdeploy::gSelfRegistered)
-        {
-            return true;
-        }
-        tpdeploy::GetPluginRegistryFn const getRegistry = tpdeploy::findGetPluginRegistry();
-        IPluginRegistry* registry = getRegistry != nullptr ? getRegistry() : nullptr;
-        if (registry == nullptr)
-        {
-            tpdeploy::logMessage(ILogger::Severity::kERROR,
-                std::string("cannot register: libnvinfer.so.") + std::to_string(NV_TENSORRT_MAJOR)
-                    + " is neither loaded nor loadable (import/load TensorRT first, or load this library with "
-                      "IPluginRegistry::loadLibrary)");
-            return false;
-        }
-        using tpdeploy::kTOKEN_POOL_NAME;
-        using tpdeploy::kTOKEN_POOL_NAMESPACE;
-        using tpdeploy::kTOKEN_POOL_VERSION;
-        if (registry->getCreator(kTOKEN_POOL_NAME, kTOKEN_POOL_VERSION, kTOKEN_POOL_NAMESPACE) != nullptr)
-        {
-            tpdeploy::logMessage(ILogger::Severity::kVERBOSE, "tpdeploy::TokenPool version 1 is already registered");
-            return true;
-        }
-        tpdeploy::gSelfRegistered = registry->registerCreator(tpdeploy::creatorInstance(), kTOKEN_POOL_NAMESPACE);
-        tpdeploy::logMessage(tpdeploy::gSelfRegistered ? ILogger::Severity::kVERBOSE : ILogger::Severity::kERROR,
-            tpdeploy::gSelfRegistered ? "registered plugin creator tpdeploy::TokenPool version 1"
-                                      : "could not register plugin creator tpdeploy::TokenPool version 1");
-        return tpdeploy::gSelfRegistered;
-    }
-    catch (...)
-    {
-        return false;
-    }
-}

@@ -1,9 +1,9 @@
 /*
- * tpdeploy: TensorRT plugin for the custom ONNX op tpdeploy::TokenPool (version 1).
+ * tpdeploy: TensorRT plugin for the custom ONNX op tpdeploy::TokenPool (version 1): the IPluginV3 shim.
  *
- * An IPluginV3 plugin (TensorRT 10+) with the three "One" capabilities, and its IPluginCreatorV3One creator.
- * The plugin is a thin adapter: it checks shapes and types, then hands everything to the plain C launcher in
- * tokenPoolKernel.h, where all algorithmic decisions live.
+ * An IPluginV3 plugin (TensorRT 10+) with the three "One" capabilities, and its IPluginCreatorV3One creator. Both
+ * only translate between TensorRT's descriptors and the structs of tokenPoolCore.h, where every decision lives
+ * (fields, types, shapes, formats, workspace, checks, the launch), and report the core's errors to TensorRT.
  *
  * Interfaces implemented (all declared in NvInferRuntime.h / NvInferPluginBase.h of TensorRT 10.x and 11.x):
  *   IPluginV3            NvInferPluginBase.h   (capability wrapper, clone)
@@ -12,12 +12,11 @@
  *   IPluginV3OneRuntime  NvInferRuntime.h      (onShapeChange, enqueue, attachToContext, serialization fields)
  *   IPluginCreatorV3One  NvInferRuntime.h      (field list, createPlugin)
  * Documentation: https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/extending-custom-layers.html
- *
- * Inputs: X [B, N, C] float32|float16, W [B, N] float32|float16 (independently); output Y [B, K, C], X's type.
- * Plugin fields: num_clusters (kINT32), iterations (kINT32), mode (kCHAR "kmedoids"|"kmeans"), weighted (kINT32).
  */
 #ifndef TPDEPLOY_TOKEN_POOL_PLUGIN_H
 #define TPDEPLOY_TOKEN_POOL_PLUGIN_H
+
+#include "tokenPoolCore.h"
 
 #include <NvInferRuntime.h>
 
@@ -28,26 +27,13 @@
 namespace tpdeploy
 {
 
-constexpr char const* kTOKEN_POOL_NAME{"TokenPool"};
-constexpr char const* kTOKEN_POOL_VERSION{"1"};
-constexpr char const* kTOKEN_POOL_NAMESPACE{"tpdeploy"};
-
-//! The op's attributes (SPEC section 1), validated by the creator.
-struct TokenPoolAttributes
-{
-    int32_t numClusters{0};        //!< K >= 1
-    int32_t iterations{3};         //!< T >= 0 (default as tpdeploy.op.token_pool)
-    std::string mode{"kmedoids"};  //!< "kmedoids" | "kmeans"
-    int32_t weighted{1};           //!< 0 | 1
-};
-
 class TokenPoolPlugin final : public nvinfer1::IPluginV3,
                               public nvinfer1::IPluginV3OneCore,
                               public nvinfer1::IPluginV3OneBuild,
                               public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    TokenPoolPlugin(std::string layerName, TokenPoolAttributes attributes);
+    TokenPoolPlugin(std::string layerName, Attributes attributes);
     TokenPoolPlugin(TokenPoolPlugin const&) = delete;
     TokenPoolPlugin& operator=(TokenPoolPlugin const&) = delete;
     ~TokenPoolPlugin() override = default;
@@ -86,18 +72,14 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    //! Reports a failure through the execution context's error recorder when there is one, else the logger.
-    void reportError(nvinfer1::ErrorCode code, std::string const& message) const noexcept;
-    //! Checks X [B,N,C], W [B,N] (-1 = not known yet) against K; returns an empty string when valid.
-    std::string checkDims(nvinfer1::Dims const& x, nvinfer1::Dims const& w) const;
+    //! 0 for a success; otherwise reports the message (context's error recorder, else the logger) and gives -1.
+    int32_t report(Result const& result) const noexcept;
 
     std::string mLayerName;
-    TokenPoolAttributes mAttributes;
-    std::string mTimingCacheId;                     //!< attribute-derived; TensorRT adds I/O shapes and formats
-    std::string mMetadata;                          //!< human-readable attributes
+    TokenPoolCore mCore;
     std::vector<nvinfer1::PluginField> mSerialFields;
     nvinfer1::PluginFieldCollection mSerialFieldCollection{};
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};  //!< from attachToContext(); owned by the context
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; //!< from attachToContext(); owned by the context
 };
 
 class TokenPoolPluginCreator final : public nvinfer1::IPluginCreatorV3One
@@ -120,35 +102,5 @@ private:
 };
 
 } // namespace tpdeploy
-
-//
-// Plugin-library entry points, exported with default visibility even when the library is compiled with
-// -fvisibility=hidden (TensorRT's own TENSORRTAPI macro is empty outside TensorRT's build).
-//
-#if defined(_WIN32)
-#define TPDEPLOY_PLUGIN_EXPORT __declspec(dllexport)
-#else
-#define TPDEPLOY_PLUGIN_EXPORT __attribute__((visibility("default")))
-#endif
-
-extern "C"
-{
-    //! TensorRT 10+ entry point of a plugin shared library, called by IPluginRegistry::loadLibrary
-    //! (trtexec --dynamicPlugins, tensorrt.IPluginRegistry.load_library, engines built with
-    //! --setPluginsToSerialize). Returns the library's IPluginV3 creators (IPluginCreatorV3One).
-    TPDEPLOY_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
-
-    //! Entry point through which TensorRT hands the library a logger finder (called by loadLibrary).
-    TPDEPLOY_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
-
-    //! Explicit registration for hosts that only dlopen() the library (ctypes.CDLL, Polygraphy --plugins,
-    //! onnxruntime trt_extra_plugin_lib_paths, Triton plugins=...): registers the creator with the global
-    //! registry under namespace "tpdeploy" (getPluginRegistry() of the libnvinfer the process has loaded, else of
-    //! libnvinfer.so.<major> loaded by soname).
-    //! Like initLibNvInferPlugins: idempotent; logger is an optional nvinfer1::ILogger*. Returns true when the
-    //! creator is registered. Setting TPDEPLOY_TRT_AUTOREGISTER=1 makes the library call it when it is loaded.
-    //! Once self-registered, getCreators() returns no creators, so a later loadLibrary() does not collide.
-    TPDEPLOY_PLUGIN_EXPORT bool initLibTpdeployPlugins(void* logger);
-}
 
 #endif // TPDEPLOY_TOKEN_POOL_PLUGIN_H

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -64,9 +65,11 @@ def rewrite(source: str, name: str = "source") -> str:
     return source
 
 
-def build(out_dir: Path, kernel_dir: Path = KERNEL_DIR, source: str = SOURCE, compiler: str = "g++") -> Path:
-    """Rewrite the sources of kernel_dir into out_dir and compile `source` with the emulator; returns the
-    library's path. Raises BuildError with the compiler's messages if it fails."""
+def build(out_dir: Path, kernel_dir: Path = KERNEL_DIR, source: str = SOURCE, compiler: str = "g++",
+          extra_sources: Sequence[Path] = ()) -> Path:
+    """Rewrite the sources of kernel_dir into out_dir and compile `source` with the emulator, and with
+    extra_sources (plain C++ over the kernels' C API, e.g. the TensorRT plugin's core), into one library; returns
+    its path. Raises BuildError with the compiler's messages if it fails."""
     out_dir, kernel_dir = Path(out_dir), Path(kernel_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in sorted(kernel_dir.iterdir()):  # everything the kernel includes with "..." comes from out_dir
@@ -75,8 +78,8 @@ def build(out_dir: Path, kernel_dir: Path = KERNEL_DIR, source: str = SOURCE, co
         elif path.suffix == ".h":
             shutil.copy(path, out_dir / path.name)
     library = out_dir / LIBRARY
-    cmd = [compiler, *FLAGS, "-I", str(HERE / "include"), "-x", "c++", str(out_dir / source),
-           "-x", "none", str(HERE / "emulator.cpp"), "-o", str(library)]
+    cmd = [compiler, *FLAGS, "-I", str(HERE / "include"), "-I", str(out_dir), "-x", "c++", str(out_dir / source),
+           "-x", "none", str(HERE / "emulator.cpp"), *map(str, extra_sources), "-o", str(library)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise BuildError(f"{' '.join(cmd)}\n{done.stdout[-6000:]}{done.stderr[-6000:]}")

@@ -13,7 +13,9 @@ VERSION = 1                  # the op's version (ONNX opset of the domain, plugi
 MODES = ("kmedoids", "kmeans")
 # on the ONNX node: the op's attributes, then onnx-tensorrt's plugin_version/plugin_namespace convention
 ATTRIBUTES = ("num_clusters", "iterations", "mode", "weighted", "plugin_version", "plugin_namespace")
-PLUGIN_FIELDS = ("num_clusters", "iterations", "mode", "weighted")  # what the plugin creator reads
+# what the plugin creator reads, with the ONNX attribute type each comes from (onnx-tensorrt passes INT as
+# kINT32 and STRING as kCHAR)
+PLUGIN_FIELDS = {"num_clusters": "INT", "iterations": "INT", "mode": "STRING", "weighted": "INT"}
 FLT_MAX = 3.4028234663852886e38
 
 # the CUDA kernels' limits (plugins/tokenpool/tokenPoolKernel.h); beyond them PyTorch uses the reference
