@@ -76,28 +76,6 @@ def test_dense_export_has_no_token_pool(exported):
     assert not [n for n in proto.graph.node if n.op_type == "TokenPool"] and not proto.functions
 
 
-@pytest.mark.slow
-def test_fp16_export_agrees_with_fp32_pytorch(tmp_path):
-    """fp16 ONNX vs the fp32 PyTorch model: top-1 agreement >= 99% on 256 structured images.
-
-    Measured here: 99.2% (98.4% on the first 128 alone). fp16 rounding reorders tokens of nearly equal
-    significance, and a seeded-random model's logits move with every swapped token; dense fp16 agrees 100%."""
-    model = create_model("deit_small", preset="deit_small_058")
-    path = str(tmp_path / "fp16.onnx")
-    report = export(model, path, dtype="fp16")
-    runner = OnnxRuntimeRunner(path)
-    assert runner.input_dtype == np.float16
-    images = sample_images(256, seed=3)
-    with torch.no_grad():
-        want = np.concatenate([model(torch.from_numpy(images[i:i + 32])).numpy() for i in range(0, 256, 32)])
-    got = np.concatenate([runner.infer(images[i:i + 32]) for i in range(0, 256, 32)]).astype(np.float32)
-    agreement = float((got.argmax(1) == want.argmax(1)).mean())
-    print(f"fp16 vs fp32: top-1 agreement {agreement:.2%}, max abs error {np.abs(got - want).max():.3g}, "
-          f"median abs error {np.median(np.abs(got - want)):.3g}, export validation {report.max_abs_error:.3g}")
-    assert agreement >= 0.99
-    assert np.median(np.abs(got - want)) < 5e-3
-
-
 def test_fixed_batch_export(tmp_path):
     model = create_model("deit_tiny", schedule=[196] * 6 + [100] * 6, method="topk")
     path = str(tmp_path / "b2.onnx")

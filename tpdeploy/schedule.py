@@ -162,6 +162,8 @@ def load_preset(name_or_path: str) -> Preset:
 def _read_preset(name: str, text: str) -> Preset:
     try:
         data = tomllib.loads(text)
+        if not isinstance(data["tokens"], list) or not all(isinstance(t, int) for t in data["tokens"]):
+            raise ValueError("tokens must be a list of integers")
         preset = Preset(name=name, arch=data["arch"], method=data.get("method", DEFAULT_METHOD),
                         iterations=int(data.get("iterations", DEFAULT_ITERATIONS)),
                         tokens=tuple(data["tokens"]), description=data.get("description", ""))

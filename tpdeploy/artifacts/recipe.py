@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from tpdeploy.errors import UserError
+from tpdeploy.errors import InvalidArgumentError, UserError
 
 RECIPE_KEY = "tpdeploy.recipe"   # the ONNX metadata_props key holding the recipe as JSON
 RECIPE_VERSION = 1
@@ -51,7 +51,7 @@ class DataConfig:
         if not problems and min(self.std) <= 0:
             problems.append(f"std must be positive, got {self.std!r}")
         if problems:
-            raise UserError(f"invalid data config: {'; '.join(problems)}")
+            raise InvalidArgumentError(f"invalid data config: {'; '.join(problems)}")
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
 
@@ -102,9 +102,7 @@ class Recipe:
             d["data_config"] = DataConfig(**d["data_config"])
             d["tokens"] = tuple(d["tokens"])
             recipe = cls(**d)
-        except UserError:
-            raise
-        except (ValueError, TypeError, KeyError) as e:
+        except (InvalidArgumentError, ValueError, TypeError, KeyError) as e:
             raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({e})") from None
         if (not all(isinstance(t, int) for t in recipe.tokens) or not isinstance(recipe.iterations, int)
                 or recipe.dtype not in ("fp32", "fp16")):
