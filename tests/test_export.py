@@ -116,3 +116,29 @@ def test_runtime_serves_without_importing_pytorch(exported):
             "assert y.shape == (2, 1000) and 'torch' not in sys.modules, sorted(sys.modules)")
     result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_recipe_records_the_checkpoints_hash_not_its_path(tmp_path):
+    """The exported file says where its weights came from without naming a local path; rebuilding the PyTorch
+    model (compare, the torch backend) needs that very checkpoint again."""
+    from tpdeploy.artifacts.files import sha256
+    from tpdeploy.artifacts.onnx_file import OnnxFile
+    from tpdeploy.backends.pytorch import TorchRunner
+    ck = tmp_path / "weights" / "ck.pth"
+    ck.parent.mkdir()
+    torch.save(create_model("deit_tiny", method="none", seed=7).state_dict(), ck)
+    model = create_model("deit_tiny", checkpoint=str(ck), method="none")
+    path = str(tmp_path / "dense.onnx")
+    export(model, path)
+    recipe = OnnxFile.open(path).recipe
+    assert recipe.checkpoint_sha256 == sha256(str(ck)) and recipe.seed is None
+    assert str(tmp_path).encode() not in open(path, "rb").read()
+    images = sample_images(2)
+    rebuilt = TorchRunner.from_onnx(path, checkpoint=str(ck))
+    np.testing.assert_array_equal(rebuilt.infer(images), model(torch.from_numpy(images)).detach().numpy())
+    with pytest.raises(TpdeployError, match="pass it"):
+        TorchRunner.from_onnx(path)
+    other = tmp_path / "other.pth"
+    torch.save(create_model("deit_tiny", method="none", seed=8).state_dict(), other)
+    with pytest.raises(TpdeployError, match="not the checkpoint"):
+        TorchRunner.from_onnx(path, checkpoint=str(other))
