@@ -10,7 +10,6 @@ of garbage, and the inputs sit between NaN guards, so uninitialised and out-of-b
 TP_EMULATOR_KERNEL_DIR=<folder with tokenPoolKernel.cu> tests other sources (a deliberately broken copy, say).
 """
 import ctypes
-import importlib.util
 import itertools
 import os
 import shutil
@@ -19,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_onnx_op import run_function
 
 from tpdeploy import kernels
 from tpdeploy.op import reference_token_pool
 
-_spec = importlib.util.spec_from_file_location("emulator_build", Path(__file__).parent / "cuda_emulator" / "build.py")
-emulator_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(emulator_build)
+emulator_build = load_script("emulator_build", Path(__file__).parent / "cuda_emulator" / "build.py")
 
 F32, F16 = torch.float32, torch.float16
 NAN, INF = float("nan"), float("inf")
