@@ -23,8 +23,8 @@ def dry_run(tmp_path_factory, request):
     pytest stage reuses that build."""
     if shutil.which("g++") is None:
         pytest.skip("needs g++ (C++17) to build the CUDA emulator")
-    results = tmp_path_factory.mktemp("gpu-check")
-    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--results", str(results), "--budget", "300"]
+    results, wheels = tmp_path_factory.mktemp("gpu-check"), tmp_path_factory.mktemp("wheels")  # pytest is here
+    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--results", str(results), "--budget", "300", "--wheels", str(wheels)]
     if shutil.which("nvcc") and shutil.which("cmake"):
         build = request.getfixturevalue("plugins_build")
         arch = re.search(r"CMAKE_CUDA_ARCHITECTURES:\w+=(\d+)", (build / "CMakeCache.txt").read_text())[1]
@@ -81,6 +81,7 @@ def test_dry_run_answers_every_question_of_the_gpu_run(dry_run):
     install = rows(records, "install")
     assert install["pip install -e . (pip --dry-run)"]["status"] == "ok"
     assert install["tpdeploy resolves from"]["status"] == "ok"  # tpdeploy.presets from models/ of this tree
+    assert next(r for what, r in install.items() if what.startswith("pip install pytest from"))["status"] == "ok"
 
     build = rows(records, "build")
     assert build["emulated kernels (tests/cuda_emulator, g++)"]["status"] == "ok"
