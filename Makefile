@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 BUILD  ?= build
 
-.PHONY: demo test plugins gpu-check clean
+.PHONY: demo test plugins gpu-check gpu-check-wheels clean
 
 $(BIN)/tpdeploy: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,17 @@ plugins:
 	cmake -S plugins -B $(BUILD)/plugins $(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(TENSORRT_ROOT)) \
 		&& cmake --build $(BUILD)/plugins -j
 
-# on a GPU machine: kernels vs the reference, and timings, in one table
-gpu-check: $(BIN)/tpdeploy
-	$(BIN)/python benchmarks/gpu_check.py
+# on a GPU machine, with the machine's own python3 (no venv, nothing from the network): build, kernels vs the
+# reference, timings, pytest's GPU tests, compute-sanitizer, in one table; the log and JSON lines go to $(RESULTS).
+# GPU_CHECK_ARGS=--dry-run runs the same on a CPU (the CUDA emulator's kernels standing in).
+RESULTS ?= $(or $(OUT),$(BUILD)/gpu-check)
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --results $(RESULTS) $(GPU_CHECK_ARGS)
+
+# pytest's wheels for a GPU machine without a package index (Python 3.12): take $(BUILD)/gpu-wheels there and
+# run `make gpu-check GPU_CHECK_ARGS="--wheels $(BUILD)/gpu-wheels"`
+gpu-check-wheels:
+	$(PYTHON) -m pip download -q --only-binary=:all: --python-version 3.12 -d $(BUILD)/gpu-wheels pytest
 
 clean:
 	rm -rf $(BUILD)

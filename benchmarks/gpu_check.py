@@ -1,307 +1,526 @@
-"""One call on a GPU machine: build the TokenPool CUDA kernels, check them against the reference, time them.
+"""The one call on a GPU machine: every answer about the TokenPool kernels, in one table.
 
-    python benchmarks/gpu_check.py [--build-dir build/plugins] [--library PATH] [--quick]
+    python3 benchmarks/gpu_check.py [--results DIR] [--budget 450] [--dry-run] [--stages a,b,...]
+                                    [--build-dir DIR] [--cuda-arch 90] [--wheels DIR]
+    make gpu-check [RESULTS=DIR]      (the same with the machine's python3; no venv, nothing from the network)
 
-1. Builds libtokenpool_kernels.so with CMake (or nvcc alone when cmake is missing).
-2. Checks every mode x weighted x dtype against tpdeploy.op.reference_token_pool (CPU, float32, same inputs;
-   fp16 cases use the fp16-rounded inputs) on random and tied-integer inputs, B in {1, 8, 64}, N in
-   {49, 196, 577}, C in {192, 384, 768}, K in {1, N/4, N/2, N}, T in {0, 1, 3}, with the output poisoned (NaN)
-   and the workspace filled with 0xFF before each launch; then the Token-Pooled DeiT-S forward against the
-   same model with the reference op.
-3. Times, with CUDA events (median over many repeats after warm-up, rotating input buffers, CUDA graphs where
-   capture works): the op at B=64, N=196, C=384, K=110, T=3 (fp16 and fp32), one DeiT-S block at B=64 and 197
-   tokens, and Token-Pooled DeiT-S (deit_small_058) vs dense DeiT-S in fp16 at batch 64.
+Made for a bare machine: an NVIDIA GPU, Python with a CUDA build of torch, onnx, CMake and nvcc (ncu and
+compute-sanitizer where present); no TensorRT, no network, no package index. The stages run one after another,
+each in a process of its own with a time limit of its own, all within --budget seconds; a crash, a failure or a
+time-out of one stops none of the others (a stage that finds no time left is skipped, and says so):
 
-Exits 1 if the build or a correctness check fails (timing targets are reported, not enforced). The whole log
-also goes to $OUT/gpu_check.log when $OUT is set.
+  machine    nvidia-smi (GPU, driver, compute capability, other processes), nvcc, cmake, the Python packages, load
+  torch      torch and CUDA as torch sees them
+  install    pip install --no-deps --no-build-isolation --no-index -e . into this python (pytest too, from
+             --wheels DIR); checks that tpdeploy and tpdeploy.presets then resolve from this source tree
+  build      CMake for this GPU's architecture only (-DCMAKE_CUDA_ARCHITECTURES=<cc>-real), once, with ptxas -v
+  kernels    the kernels against tpdeploy's reference on many shapes, and the fallback beyond their limits
+  timing     a per-kernel breakdown, the op against its memory floor and against one DeiT-S block
+  model      Token-Pooled DeiT-S against dense DeiT-S, torch fp16, B = 1/8/64, the kernels in the model
+  pytest     the test files with GPU tests (pytest -m gpu ones and the C API ones), on the build stage's library
+  sanitizer  compute-sanitizer memcheck, racecheck, initcheck and synccheck on a few launches of every kernel
+
+(kernels, timing, model and the sanitizer's workload are in gpu_measure.py beside this file.) Into the results
+folder (default $OUT, else build/gpu-check), line by line, so that a time-out loses nothing: gpu_check.log
+(everything printed), gpu_check.jsonl (one JSON object a line: each row of the table, each stage's outcome),
+and the files of single stages (nvidia-smi.txt, build.log, ptxas.txt, pytest.xml, sanitizer-<tool>.txt).
+Exits 1 when a stage failed, timed out, found no time left or reported a wrong result.
+
+--dry-run: the same stages and Python paths on a CPU, so that they have all run before any GPU time is spent
+(tests/test_gpu_check.py runs it in CI): the CUDA emulator's library (tests/cuda_emulator) stands in for the
+kernels and CPU tensors for CUDA ones, deit_tiny for deit_small, smaller shapes and fewer repeats; pip only
+pretends to install (pip --dry-run); CMake, nvcc and ptxas -v run where they are installed (for sm_90, the H200's
+architecture, unless --cuda-arch), and the pytest stage reuses that build; what needs the GPU itself
+(nvidia-smi, CUDA in torch, compute-sanitizer) is recorded as "skipped (dry run)". Its timings mean nothing.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
+import json
 import os
+import re
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
+import threading
 import time
-import traceback
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tpdeploy import create_model, kernels  # noqa: E402
-from tpdeploy.artifacts import libraries  # noqa: E402
-from tpdeploy.model import Block, get_config  # noqa: E402
-from tpdeploy.op import reference_token_pool  # noqa: E402
-
-MODES = [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]
-LINES: list[str] = []
-
-
-def log(*parts) -> None:
-    line = " ".join(str(p) for p in parts)
-    print(line, flush=True)
-    LINES.append(line)
+HERE = Path(__file__).resolve().parent
+LOG, JSONL = "gpu_check.log", "gpu_check.jsonl"
+KERNELS_LIBRARY, EMULATED_LIBRARY = "libtokenpool_kernels.so", "libtokenpool_emulated.so"
+SKIPPED = 77  # a stage's exit status for "did not apply here" (automake's convention); its last row says why
+FAIL = "FAIL"
+MIN_STAGE_SECONDS = 5
+# seconds; the sum is over the default budget on purpose: the last stages take what the first ones leave
+BUDGETS = {"machine": 20, "torch": 30, "install": 45, "build": 120, "kernels": 60, "timing": 45, "model": 60,
+           "pytest": 75, "sanitizer": 60}
+MEASURED = ("torch", "kernels", "timing", "model")  # the stages in gpu_measure.py (they import torch)
 
 
-# --- 1. build ------------------------------------------------------------------------------------------------
+# --- the results folder -------------------------------------------------------------------------------------
 
-def run(cmd) -> None:
-    log("$", " ".join(map(str, cmd)))
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    for line in (done.stdout + done.stderr).splitlines()[-15:]:
-        log("   ", line)
-    if done.returncode != 0:
-        raise SystemExit(f"build failed: exit {done.returncode}")
+def append_json(path: Path, record: dict) -> None:
+    with open(path, "a") as f:  # one write of one line, flushed on close: a killed stage loses nothing before it
+        f.write(json.dumps(record) + "\n")
 
 
-def build(build_dir: Path) -> Path:
-    started = time.time()
-    if shutil.which("cmake"):
-        run(["cmake", "-S", "plugins", "-B", build_dir])
-        run(["cmake", "--build", build_dir, "-j"])
-    elif shutil.which("nvcc"):
-        log("cmake not found: building with nvcc alone for this GPU")
-        build_dir.mkdir(parents=True, exist_ok=True)
-        run(["nvcc", "-O3", "-std=c++17", "-shared", "-arch=native", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-             "-Xlinker", "--exclude-libs,ALL", "-o", build_dir / libraries.KERNELS_LIBRARY, "plugins/tokenpool/tokenPoolKernel.cu"])
-    else:
-        raise SystemExit("neither cmake nor nvcc found: pass --library PATH to a built libtokenpool_kernels.so")
-    log(f"built in {time.time() - started:.0f} s")
-    return build_dir / libraries.KERNELS_LIBRARY
+class Rows:
+    """The rows one stage adds to the table: appended to gpu_check.jsonl as they come, and printed."""
+
+    def __init__(self, results: Path, stage: str):
+        self.results, self.stage, self.failed = results, stage, False
+
+    def add(self, what: str, result: str, status: str = "", **data) -> None:
+        """status: "ok", FAIL (makes the stage fail), "skipped", "met"/"missed" (a target), "" (a fact)."""
+        record = {"stage": self.stage, "what": what, "result": result, "status": status}
+        if data:
+            record["data"] = data  # the numbers behind the result, for whoever reads the JSON
+        append_json(self.results / JSONL, record)
+        print(f"[{self.stage}] {what}: {result}" + (f"  [{status}]" if status else ""), flush=True)
+        self.failed |= status == FAIL
+
+    def skip(self, what: str, reason: str) -> int:
+        """Records why the stage does not apply here; returns the exit status that says so."""
+        self.add(what, f"skipped ({reason})", "skipped")
+        return SKIPPED
+
+    def exit_status(self) -> int:
+        return 1 if self.failed else 0
 
 
-# --- 2. correctness ------------------------------------------------------------------------------------------
+# --- running the stages -------------------------------------------------------------------------------------
 
-def make_inputs(kind: str, b: int, n: int, c: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "random":
-        return torch.randn(b, n, c, generator=gen), torch.rand(b, n, generator=gen)
-    # small integers: exact arithmetic in any order, duplicated tokens (distance ties), zero weights
-    x = torch.randint(-2, 3, (b, n, c), generator=gen).float()
-    x[:, n // 2:] = x[:, : n - n // 2]
-    return x, torch.randint(0, 4, (b, n), generator=gen).float()
+@dataclass
+class Stage:
+    name: str
+    budget: float             # seconds
+    command: list[str]        # run in REPO, in a session of its own (a time-out kills its children too)
+    skip: str | None = None   # the reason it does not run
 
 
-def poisoned_launch(x, w, k, t, mode, weighted):
-    p = kernels.params(x, w, k, t, mode, weighted)
-    y = torch.full((p.batch, k, p.channels), float("nan"), dtype=x.dtype, device=x.device)
-    workspace = torch.full((kernels.workspace_size(p),), 255, dtype=torch.uint8, device=x.device)
-    kernels.launch(p, x, w, y, workspace)
-    return y.cpu()
+def run_stages(stages: list[Stage], results: Path, budget: float, env: dict | None = None,
+               min_seconds: float = MIN_STAGE_SECONDS) -> list[dict]:
+    """Runs the stages in order, each within min(its budget, what is left of `budget`; skipped when that is under
+    min_seconds), copying their output line by line to stdout and gpu_check.log; appends each one's outcome to
+    gpu_check.jsonl and returns the outcomes."""
+    deadline = time.monotonic() + budget
+    outcomes = []
+    with open(results / LOG, "a", buffering=1) as log:
+        for stage in stages:
+            left = deadline - time.monotonic()
+            started = time.monotonic()
+            if stage.skip:
+                status = f"skipped ({stage.skip})"
+            elif left < min_seconds:
+                status = f"skipped (no time left: {max(left, 0):.0f} s of the {budget:.0f} s budget)"
+            else:
+                limit = min(stage.budget, left)
+                say(log, f"\n=== {stage.name} (at most {limit:.0f} s): {' '.join(stage.command)}")
+                status = run_one(stage.command, limit, log, env)
+            outcome = {"stage": stage.name, "what": "stage", "status": status,
+                       "seconds": round(time.monotonic() - started, 1), "budget": stage.budget}
+            append_json(results / JSONL, outcome)
+            say(log, f"=== {stage.name}: {status} ({outcome['seconds']:.0f} s)")
+            outcomes.append(outcome)
+    return outcomes
 
 
-class Tally:
-    def __init__(self):
-        self.cases = self.failures = self.images = self.differing = 0
-        self.max_err = {torch.float32: 0.0, torch.float16: 0.0}
-
-    def check(self, kind, mode, weighted, x_dtype, w_dtype, x, w, k, t) -> None:
-        x, w = x.to(x_dtype), w.to(w_dtype)  # the reference sees the same (rounded) values as the kernel
-        got = poisoned_launch(x.cuda(), w.cuda(), k, t, mode, weighted)
-        want = reference_token_pool(x.float(), w.float(), k, t, mode, weighted)
-        fp32 = x_dtype == torch.float32
-        tol = 1e-5 if fp32 else 2e-3  # fp16: the output's own rounding
-        same = [torch.allclose(g.float(), v, rtol=tol, atol=tol) for g, v in zip(got, want)]
-        differing = same.count(False)
-        err = max(((g.float() - v).abs().max().item() for g, v, s in zip(got, want, same) if s), default=0.0)
-        exact = kind == "tied" and (mode == "kmedoids" or t <= 1)  # exact arithmetic: no rounding to disagree on
-        problems = []
-        if got.isnan().any():
-            problems.append(f"{int(got.isnan().sum())} outputs not written")
-        if exact and not torch.equal(got, want.to(x_dtype)):  # the reference's own cast to X's dtype
-            problems.append("differs from the reference on exact inputs")
-        if differing > max(1, 0.05 * len(same)):
-            problems.append(f"{differing}/{len(same)} images pick other tokens")
-        self.cases += 1
-        self.images += len(same)
-        self.differing += differing
-        self.max_err[x_dtype] = max(self.max_err[x_dtype], err)
-        if problems:
-            self.failures += 1
-            log(f"FAIL {kind} {mode} weighted={int(weighted)} x={x_dtype} w={w_dtype} B,N,C={tuple(x.shape)} "
-                f"K={k} T={t}: {'; '.join(problems)} (max err {err:.2e})")
-
-
-def check_op(quick: bool) -> bool:
-    tally = Tally()
-    kt = [(kf, t) for t in (0, 1, 3) for kf in (lambda n: 1, lambda n: n // 4, lambda n: n // 2, lambda n: n)]
-    shapes = [(b, n, c) for b in (1, 8, 64) for n in (49, 196, 577) for c in (192, 384, 768)]
-    if quick:
-        shapes = shapes[::4]
-    started, case = time.time(), 0
-    for s, (b, n, c) in enumerate(shapes):
-        for kind in ("random", "tied"):
-            x, w = make_inputs(kind, b, n, c, seed=s)
-            for mode, weighted in MODES:
-                for x_dtype in (torch.float32, torch.float16):
-                    w_dtype = torch.float16 if x_dtype == torch.float16 and s % 2 else torch.float32
-                    for _ in range(3 if kind == "random" else 1):  # rotate through the (K, T) pairs
-                        kf, t = kt[case % len(kt)]
-                        case += 1
-                        if kind == "tied" and mode == "kmeans":
-                            t = min(t, 1)  # later means are inexact: ties among them would break either way
-                        tally.check(kind, mode, weighted, x_dtype, w_dtype, x, w, max(1, kf(n)), t)
-        log(f"  B,N,C={b},{n},{c}: {tally.cases} cases, {tally.failures} failed ({time.time() - started:.0f} s)")
-    log(f"op: {tally.cases} cases, {tally.failures} failed; float32+float16 images picking other tokens than the "
-        f"reference: {tally.differing}/{tally.images} ({tally.differing / max(1, tally.images):.3%}); max abs error "
-        f"where they agree: float32 {tally.max_err[torch.float32]:.2e}, float16 {tally.max_err[torch.float16]:.2e}")
-    return tally.failures == 0
-
-
-def check_model() -> bool:
-    """Token-Pooled DeiT-S on CUDA: the kernels against the reference op, same model, same inputs."""
-    ok = True
-    images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0)).cuda()
-    for dtype, tol in ((torch.float32, 1e-3), (torch.float16, 2e-2)):
-        model = create_model("deit_small", preset="deit_small_058").to("cuda", dtype)
-        with torch.inference_mode():
-            got = model(images.to(dtype)).float()
-            available = kernels.available
-            kernels.available = lambda: False  # the same forward with the reference op
-            try:
-                want = model(images.to(dtype)).float()
-            finally:
-                kernels.available = available
-        err = (got - want).abs().max().item()
-        top1 = (got.argmax(1) == want.argmax(1)).float().mean().item()
-        good = err <= tol * max(1.0, want.abs().max().item()) and top1 == 1.0
-        ok &= good
-        log(f"model {dtype}: max |logit diff| {err:.2e}, top-1 agreement {top1:.0%} {'ok' if good else 'FAIL'}")
-    return ok
-
-
-# --- 3. timing -----------------------------------------------------------------------------------------------
-
-def median_ms(calls, repeats: int = 100, warmup: int = 10) -> tuple[float, str]:
-    """Median time of one call, rotating through `calls`; replayed as one CUDA graph when capture works."""
-    how = "graph"
+def run_one(command: list[str], limit: float, log, env: dict | None) -> str:
+    """Runs one stage's command; its outcome: "ok", "failed (exit N)", "timed out after N s", "skipped"."""
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up before capture, as torch.cuda.graphs asks
-            for _ in range(3):
-                for call in calls:
-                    call()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for call in calls:
-                call()
-        replay = graph.replay
-    except Exception as e:  # noqa: BLE001 - any capture failure means: time it eagerly
-        how = f"eager (graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:100]})"
-        torch.cuda.synchronize()
-
-        def replay():
-            for call in calls:
-                call()
-    for _ in range(warmup):
-        replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(repeats):
-        start.record()
-        replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(calls))
-    return statistics.median(times), how
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+    except OSError as e:
+        return f"failed (could not start: {e})"
+    copier = threading.Thread(target=lambda: [say(log, line.rstrip("\n")) for line in proc.stdout], daemon=True)
+    copier.start()
+    try:
+        code = proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the stage and whatever it started (cmake, nvcc, pytest, ...)
+        proc.wait()
+        copier.join(5)
+        return f"timed out after {limit:.0f} s"
+    copier.join(5)
+    if code == 0:
+        return "ok"
+    if code == SKIPPED:
+        return "skipped"
+    return f"failed (exit {code})" if code > 0 else f"failed (killed by signal {-code})"
 
 
-def peaks() -> tuple[float, float]:
-    """Measured copy bandwidth (bytes/s, read + write) and dense fp16 matmul throughput (FLOP/s)."""
-    a = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    copy_ms, _ = median_ms([lambda: b.copy_(a)], repeats=20)
-    m = torch.randn(8192, 8192, dtype=torch.float16, device="cuda")
-    mm_ms, _ = median_ms([lambda: m @ m], repeats=10)
-    return 2 * a.numel() / (copy_ms * 1e-3), 2 * 8192**3 / (mm_ms * 1e-3)
+def say(log, line: str) -> None:
+    print(line, flush=True)
+    log.write(line + "\n")
 
 
-def time_all() -> dict:
-    b, n, c, k, t = 64, 196, 384, 110, 3
-    results = {}
-    block = Block(get_config("deit_small")).to("cuda", torch.float16).eval()
-    models = {name: create_model("deit_small", **kwargs).to("cuda", torch.float16) for name, kwargs in (
-        ("Token-Pooled DeiT-S fp16 (deit_small_058)", {"preset": "deit_small_058"}),
-        ("dense DeiT-S fp16", {"method": "none"}))}
-    with torch.inference_mode():
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        tokens = [torch.randn(b, n + 1, c, device="cuda", dtype=torch.float16, generator=gen) for _ in range(8)]
-        # realistic op inputs: a block's output patch tokens and their float32 significance
-        pools = [(out[:, 1:].contiguous(), sig) for out, sig in (block(x, want_significance=True) for x in tokens)]
-        for name, dtype in (("fp16", torch.float16), ("fp32", torch.float32)):
-            calls = [lambda x=x.to(dtype), w=w: kernels.token_pool(x, w, k, t, "kmedoids", True) for x, w in pools]
-            results[f"op wkmedoids {name}"] = median_ms(calls, repeats=200)
-        calls = [lambda x=x, w=w: kernels.token_pool(x, w, k, t, "kmeans", True) for x, w in pools]
-        results["op wkmeans fp16"] = median_ms(calls, repeats=50)
-        results["DeiT-S block fp16"] = median_ms([lambda x=x: block(x) for x in tokens], repeats=200)
-        images = [torch.randn(b, 3, 224, 224, device="cuda", dtype=torch.float16, generator=gen) for _ in range(2)]
-        for name, model in models.items():
-            results[name] = median_ms([lambda x=x, m=model: m(x) for x in images], repeats=50)
-    return results
+def table(records: list[dict], stages: list[str]) -> list[str]:
+    """The table: each stage's rows, then its outcome."""
+    lines = ["| stage | what | result | status |", "| --- | --- | --- | --- |"]
+    for stage in stages:
+        mine = [r for r in records if r.get("stage") == stage]
+        for r in mine:
+            if r["what"] != "stage":
+                lines.append(f"| {stage} | {cell(r['what'])} | {cell(r['result'])} | {r['status']} |")
+        for r in mine:
+            if r["what"] == "stage":
+                lines.append(f"| {stage} | **stage** | {r['seconds']:.0f} s (budget {r['budget']:.0f} s) | "
+                             f"{r['status']} |")
+    return lines
 
 
-def report(results: dict, bandwidth: float, flops: float) -> None:
-    b, n, c, k, t = 64, 196, 384, 110, 3
-    ld = -(-n // 16) * 16
-    io = b * n * c * 2 + b * n * 4 + b * k * c * 2
-    macs = b * n * (n + 1) // 2 * c
-    log(f"\nfloor of the op (B={b} N={n} C={c} K={k} T={t}, fp16 X, fp32 W):")
-    log(f"  HBM: read X + W, write Y = {io / 1e6:.2f} MB -> {io / bandwidth * 1e6:.2f} us at {bandwidth / 1e12:.2f} TB/s measured")
-    log(f"  Gram matrix: {macs / 1e6:.0f} M MACs (upper triangle) -> {2 * macs / flops * 1e6:.2f} us at "
-        f"{flops / 1e12:.0f} TFLOP/s measured fp16 matmul; its [B, {ld}, {ld}] float32 workspace "
-        f"({b * ld * ld * 4 / 1e6:.1f} MB) is written once and read {t}x, mostly from L2")
-    log(f"  per iteration: N*K + N^2 = {(n * k + n * n) * b / 1e6:.1f} M distance terms, on-chip")
-    keys = ("op wkmedoids fp16", "DeiT-S block fp16", "Token-Pooled DeiT-S fp16 (deit_small_058)", "dense DeiT-S fp16")
-    op16, block, pooled, dense = (results[key][0] for key in keys)
-    log(f"\n| batch {b} | median | timed as |")
-    log("| --- | --- | --- |")
-    for name, (ms, how) in results.items():
-        log(f"| {name} | {ms * 1e3:.1f} us | {how} |" if ms < 1 else f"| {name} | {ms:.2f} ms | {how} |")
-    ratio, speedup = op16 / block, dense / pooled
-    log(f"\nop / block (fp16, B=64): {ratio:.1%} (target <= 10%) {'MET' if ratio <= 0.10 else 'MISSED'}")
-    log(f"pooled / dense throughput (fp16, batch 64): {speedup:.2f}x (target >= 1.5x) {'MET' if speedup >= 1.5 else 'MISSED'}")
-    log(f"images/s: pooled {b / (pooled * 1e-3):.0f}, dense {b / (dense * 1e-3):.0f}")
+def cell(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--build-dir", type=Path, default=REPO / "build" / "plugins")
-    ap.add_argument("--library", help="use this built libtokenpool_kernels.so instead of building")
-    ap.add_argument("--quick", action="store_true", help="a quarter of the shapes")
+    ap.add_argument("--results", type=Path, default=Path(os.environ.get("OUT") or REPO / "build" / "gpu-check"),
+                    help="the results folder (default: $OUT, else build/gpu-check)")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for all stages together (default 450)")
+    ap.add_argument("--dry-run", action="store_true", help="on the CPU with the emulated kernels (see above)")
+    ap.add_argument("--stages", help=f"a comma-separated subset of: {','.join(BUDGETS)}")
+    ap.add_argument("--build-dir", type=Path, help="the CMake build folder (default build/plugins; in a dry run "
+                                                   "RESULTS/plugins)")
+    ap.add_argument("--cuda-arch", help="the GPU architecture to build for, e.g. 90 (default: nvidia-smi's)")
+    ap.add_argument("--wheels", type=Path, help="a folder of wheels to install pytest from where it is missing")
+    ap.add_argument("--stage", choices=[s for s in BUDGETS if s not in MEASURED], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    log(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
-        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
-    library = Path(args.library).resolve() if args.library else build(args.build_dir.resolve())
-    os.environ[libraries.KERNELS_ENV] = str(library)
-    kernels._library.cache_clear()
-    if not kernels.available():
-        log(f"FAIL: kernels not available (GPU: {torch.cuda.is_available()}, library: {kernels.library_path()})")
-        return 1
-    ok = check_op(args.quick)
-    ok &= check_model()
-    log(f"\ncorrectness: {'PASS' if ok else 'FAIL'}")
-    report(time_all(), *peaks())
-    return 0 if ok else 1
+    args.results = args.results.resolve()
+    args.results.mkdir(parents=True, exist_ok=True)
+    if args.build_dir is None:
+        args.build_dir = args.results / "plugins" if args.dry_run else REPO / "build" / "plugins"
+    args.build_dir = args.build_dir.resolve()
+    if args.stage:  # one stage, in the process the orchestrator started for it
+        return STAGES[args.stage](args, Rows(args.results, args.stage))
 
+    selected = args.stages.split(",") if args.stages else list(BUDGETS)
+    unknown = sorted(set(selected) - set(BUDGETS))
+    if unknown:
+        ap.error(f"unknown stages {unknown}: choose from {', '.join(BUDGETS)}")
+    (args.results / JSONL).write_text("")  # this run's records only
+    (args.results / LOG).write_text("")
+    common = ["--results", str(args.results), "--build-dir", str(args.build_dir)] + (["--dry-run"] * args.dry_run)
+    stages = []
+    for name, budget in BUDGETS.items():
+        if name in MEASURED:
+            command = [sys.executable, "-u", str(HERE / "gpu_measure.py"), name, *common]
+        else:
+            command = [sys.executable, "-u", str(Path(__file__).resolve()), "--stage", name, *common]
+            command += ["--cuda-arch", args.cuda_arch] if args.cuda_arch else []
+            command += ["--wheels", str(args.wheels.resolve())] if args.wheels else []
+        stages.append(Stage(name, budget, command, None if name in selected else "not selected"))
+    library = args.results / "emulator" / EMULATED_LIBRARY if args.dry_run else args.build_dir / KERNELS_LIBRARY
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TPDEPLOY_KERNELS": str(library),
+           "TPDEPLOY_PLUGINS_BUILD": str(args.build_dir),
+           # tpdeploy from this tree even if the install stage fails (tpdeploy.presets then needs the install)
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if args.dry_run:  # one CPU thread: OpenMP's barriers stall many times over on a busy shared CI machine
+        env["OMP_NUM_THREADS"] = "1"
+    append_json(args.results / JSONL, {"run": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dry_run": args.dry_run,
+                                       "budget": args.budget, "python": sys.executable, "repo": str(REPO)})
+    outcomes = run_stages(stages, args.results, args.budget, env)
+    records = [json.loads(line) for line in (args.results / JSONL).read_text().splitlines() if line.strip()]
+    with open(args.results / LOG, "a", buffering=1) as log:
+        say(log, f"\ngpu_check{' --dry-run' if args.dry_run else ''}: {args.results}")
+        for line in table(records, list(BUDGETS)):
+            say(log, line)
+    broken = [o["stage"] for o in outcomes if not (o["status"] == "ok" or o["status"].startswith("skipped")
+                                                    and "no time left" not in o["status"])]
+    return 1 if broken else 0
+
+
+# --- the stages without torch -------------------------------------------------------------------------------
+
+def command_output(cmd: list[str], timeout: float = 30) -> tuple[int, str]:
+    """(exit status, stdout + stderr) of a short command; (127, "not found") when it is not installed."""
+    if shutil.which(cmd[0]) is None:
+        return 127, "not found"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout:.0f} s"
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def first_line(text: str, pattern: str = "") -> str:
+    return next((line.strip() for line in text.splitlines() if re.search(pattern, line)), text.strip()[:200])
+
+
+PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "click", "setuptools", "wheel", "pip",
+            "pytest", "hypothesis", "psutil", "onnxscript", "safetensors", "tensorrt")
+NEEDED_HERE = {"pytest": "the pytest stage (--wheels DIR)", "setuptools": "the install stage",
+               "torch": "every measuring stage", "numpy": "every measuring stage"}
+
+
+def stage_machine(args, rows: Rows) -> int:
+    if args.dry_run:
+        rows.add("nvidia-smi", "skipped (dry run)", "skipped")
+    else:
+        code, out = command_output(["nvidia-smi"])
+        (args.results / "nvidia-smi.txt").write_text(out + "\n")
+        if code != 0:
+            rows.add("nvidia-smi", f"exit {code}: {first_line(out)}", FAIL)
+        else:
+            fields = "index,name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit,persistence_mode"
+            _, gpus = command_output(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"])
+            for gpu in gpus.splitlines():
+                rows.add("GPU", gpu.strip(), data=dict(zip(fields.split(","), map(str.strip, gpu.split(",")))))
+            _, apps = command_output(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                                      "--format=csv,noheader"])
+            rows.add("other processes on the GPU", apps.replace("\n", "; ") or "none")
+    for tool, pattern in (("nvcc", "release"), ("cmake", "version"), ("ncu", "Version"),
+                          ("compute-sanitizer", "Version"), ("g++", "")):
+        code, out = command_output([tool, "--version"])
+        rows.add(tool, first_line(out, pattern) if code == 0 else out)
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    memory = f"{int(meminfo['MemAvailable'].split()[0]) >> 20} of {int(meminfo['MemTotal'].split()[0]) >> 20} GiB free"
+    rows.add("host", f"{os.cpu_count()} CPUs, load {load}, {memory}")
+    rows.add("python", f"{sys.version.split()[0]} at {sys.executable}")
+    versions, missing = [], []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    cupy = importlib.metadata.packages_distributions().get("cupy", [])
+    versions += [f"{d} {importlib.metadata.version(d)}" for d in cupy]
+    rows.add("packages", ", ".join(versions))
+    needed = [f"{m} (needed by {NEEDED_HERE[m]})" for m in missing if m in NEEDED_HERE]
+    unused = [m for m in missing if m not in NEEDED_HERE]
+    rows.add("missing packages", "; ".join(needed + [f"{', '.join(unused)} (this check uses none of them)"] * bool(unused))
+             or "none", FAIL if {"torch", "numpy"} & set(missing) else "")
+    return rows.exit_status()
+
+
+def stage_install(args, rows: Rows) -> int:
+    pip = [sys.executable, "-m", "pip", "install", "--no-index", *(["--dry-run"] * args.dry_run)]
+    # a throw-away machine's system python: PEP 668 must not refuse it; no network: no version check
+    env = {**os.environ, "PIP_BREAK_SYSTEM_PACKAGES": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    steps = [("pip install -e .", [*pip, "--no-deps", "--no-build-isolation", "-e", str(REPO)])]
+    if args.wheels:  # pytest and its dependencies, all from the folder (make gpu-check-wheels)
+        steps.append((f"pip install pytest from {args.wheels}", [*pip, "--find-links", str(args.wheels), "pytest"]))
+    for what, cmd in steps:
+        started = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, cwd=REPO)
+        output = (done.stdout + done.stderr).strip()
+        print(output[-3000:], flush=True)
+        last = output.splitlines()[-1] if output else ""
+        status = "ok" if done.returncode == 0 else FAIL
+        rows.add(what + (" (pip --dry-run)" if args.dry_run else ""),
+                 f"{last[:200]} ({time.monotonic() - started:.0f} s)", status)
+    # a fresh interpreter outside the tree, without the PYTHONPATH the orchestrator sets: what the install gives
+    probe = ("import json, tpdeploy, tpdeploy.presets\nfrom tpdeploy import schedule\n"
+             "print(json.dumps([tpdeploy.__file__, list(tpdeploy.presets.__path__), sorted(schedule.presets())]))")
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd="/")
+    if done.returncode != 0:
+        rows.add("tpdeploy and tpdeploy.presets import", first_line(done.stderr, "Error") or "failed", FAIL)
+        return rows.exit_status()
+    package, presets, names = json.loads(done.stdout)
+    inside = Path(package).resolve().is_relative_to(REPO) and all(Path(p).resolve() == REPO / "models" for p in presets)
+    rows.add("tpdeploy resolves from", f"{Path(package).parent}, presets from {', '.join(presets)} "
+             f"({len(names)} presets)", "ok" if inside and "deit_small_058" in names else FAIL)
+    return rows.exit_status()
+
+
+def compute_capability(arch: str | None) -> str:
+    """"90" for a GPU of compute capability 9.0: --cuda-arch, else nvidia-smi's, else torch's."""
+    if arch:
+        return arch.removeprefix("sm_").replace(".", "")
+    code, out = command_output(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
+    if code == 0 and re.fullmatch(r"\d+\.\d+", out.splitlines()[0].strip()):
+        return out.splitlines()[0].strip().replace(".", "")
+    code, out = command_output([sys.executable, "-c", "import torch; print(*torch.cuda.get_device_capability(), sep='')"],
+                               timeout=60)
+    if code == 0 and out.strip().isdigit():
+        return out.strip()
+    raise LookupError("the GPU's compute capability is unknown (nvidia-smi and torch both failed): pass --cuda-arch")
+
+
+DRY_RUN_ARCH = "90"  # a dry run's nvcc build, where there is one, is for the H200 the project is checked on
+
+
+def cmake_build(build_dir: Path, arch: str, log_path: Path, extra: list[str] = ()) -> tuple[str | None, list[str]]:
+    """Configures and builds plugins/ in build_dir for sm_<arch> alone, with ptxas -v; the whole output goes to
+    log_path line by line and ptxas's report to build_dir/ptxas.txt. Returns (the failed step or None, output
+    lines). Also the tests' plugins_build fixture (tests/conftest.py), so that CI builds as the GPU check does."""
+    steps = [["cmake", "-S", str(REPO / "plugins"), "-B", str(build_dir), f"-DCMAKE_CUDA_ARCHITECTURES={arch}-real",
+              "-DCMAKE_CUDA_FLAGS=--ptxas-options=-v", *extra],
+             ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 1)]]
+    output = []
+    with open(log_path, "a", buffering=1) as log:
+        for step in steps:
+            log.write("$ " + " ".join(step) + "\n")
+            proc = subprocess.Popen(step, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    errors="replace")
+            for line in proc.stdout:
+                log.write(line)
+                output.append(line.rstrip("\n"))
+            if proc.wait() != 0:
+                return f"{' '.join(step[:2])}: exit {proc.returncode}", output
+    ptxas = [line for line in output if "ptxas" in line or "bytes stack frame" in line]
+    if ptxas:  # an up-to-date build compiles nothing, and the last compile's report stays
+        (build_dir / "ptxas.txt").write_text("\n".join(ptxas) + "\n")
+    return None, output
+
+
+def stage_build(args, rows: Rows) -> int:
+    if args.dry_run:
+        spec = importlib.util.spec_from_file_location("emulator_build", REPO / "tests" / "cuda_emulator" / "build.py")
+        emulator = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(emulator)
+        started = time.monotonic()
+        library = emulator.build(args.results / "emulator")
+        rows.add("emulated kernels (tests/cuda_emulator, g++)", f"{library} ({time.monotonic() - started:.0f} s)", "ok")
+        if not (shutil.which("cmake") and shutil.which("nvcc")):
+            return rows.skip("cmake, nvcc and ptxas -v", "dry run without nvcc and cmake")
+    elif not shutil.which("cmake"):
+        rows.add("cmake", "not found", FAIL)
+        return rows.exit_status()
+    try:
+        arch = compute_capability(args.cuda_arch or (DRY_RUN_ARCH if args.dry_run else None))
+    except LookupError as e:
+        rows.add("architecture", str(e), FAIL)
+        return rows.exit_status()
+    rows.add("architecture", f"sm_{arch} only (CMAKE_CUDA_ARCHITECTURES={arch}-real)")
+    started = time.monotonic()
+    failed, output = cmake_build(args.build_dir, arch, args.results / "build.log")
+    if failed:
+        print("\n".join(output[-40:]), flush=True)
+        rows.add("build", f"{failed} (build.log)", FAIL)
+        return rows.exit_status()
+    library, plugin = args.build_dir / KERNELS_LIBRARY, args.build_dir / "libtpdeploy_plugin.so"
+    rows.add("build", f"{library} in {time.monotonic() - started:.0f} s (TensorRT plugin: "
+             f"{'built' if plugin.is_file() else 'not built, no TensorRT headers'})", "ok" if library.is_file() else FAIL)
+    saved = args.build_dir / "ptxas.txt"
+    if not any("ptxas" in line for line in output) and saved.is_file():
+        rows.add("ptxas -v", f"nothing recompiled: the report of the last compile ({saved})")
+    if saved.is_file():
+        shutil.copy(saved, args.results / "ptxas.txt")
+    report_ptxas(saved.read_text().splitlines() if saved.is_file() else [], rows)
+    return rows.exit_status()
+
+
+def report_ptxas(lines: list[str], rows: Rows) -> None:
+    """A row per kernel from ptxas -v: registers, shared memory and spills of each of its instances."""
+    entries, current = {}, None
+    for line in lines:
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            current = entries.setdefault(m[1], {})
+        elif current is None:
+            continue
+        elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            current["spill"] = int(m[1]) + int(m[2])
+        elif m := re.search(r"Used (\d+) registers", line):
+            current["registers"] = int(m[1])
+            current["smem"] = int(s[1]) if (s := re.search(r"(\d+) bytes smem", line)) else 0
+    if not entries:
+        rows.add("ptxas -v", "no report in the build output", FAIL)
+        return
+    by_kernel = {}
+    for mangled, name in demangle(list(entries)).items():
+        kernel, _, instance = name.partition("<")
+        by_kernel.setdefault(kernel, []).append((f"<{instance}" if instance else "", entries[mangled]))
+    for kernel, instances in by_kernel.items():
+        spilled = sum(info.get("spill", 0) for _, info in instances)
+        rows.add(f"ptxas {kernel}", "; ".join(f"{inst} {info.get('registers', '?')} registers, {info.get('smem', 0)} B "
+                                              f"shared".lstrip() for inst, info in instances) + f"; {spilled} B spilled",
+                 "" if spilled == 0 else "spills", instances={inst: info for inst, info in instances})
+
+
+def demangle(names: list[str]) -> dict[str, str]:
+    """Mangled -> short names (`select_medoids<float>`), through c++filt where there is one."""
+    code, out = command_output(["c++filt", *names])
+    plain = out.splitlines() if code == 0 and len(out.splitlines()) == len(names) else names
+    return {n: short_kernel_name(p) for n, p in zip(names, plain)}
+
+
+def short_kernel_name(kernel: str) -> str:
+    """`void (anonymous namespace)::select_medoids<float>(float const*, int)` -> `select_medoids<float>`."""
+    name, depth = kernel.replace("(anonymous namespace)::", "").removeprefix("void "), 0
+    for i, ch in enumerate(name):
+        depth += (ch == "<") - (ch == ">")
+        if ch == "(" and depth == 0:
+            name = name[:i]  # the parameter list
+            break
+    return re.sub(r"^(\w+::)+", "", name)
+
+
+def test_files() -> list[str]:
+    """The test files that hold GPU tests (the others need packages a bare GPU machine lacks)."""
+    return [str(p.relative_to(REPO)) for p in sorted((REPO / "tests").glob("test_*.py"))
+            if "pytest.mark.gpu" in p.read_text()]
+
+
+def stage_pytest(args, rows: Rows) -> int:
+    if importlib.util.find_spec("pytest") is None:
+        return rows.skip("pytest", "pytest is not installed in this python: pass --wheels DIR with its wheels "
+                                   "(make gpu-check-wheels)")
+    files, report = test_files(), args.results / "pytest.xml"
+    report.unlink(missing_ok=True)
+    # conftest's plugins_build fixture reuses the build stage's folder (TPDEPLOY_PLUGINS_BUILD) instead of building
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", f"--junitxml={report}", *files]
+    print(" ".join(cmd), flush=True)
+    started = time.monotonic()
+    code = subprocess.run(cmd, cwd=REPO).returncode
+    if not report.is_file():
+        rows.add("pytest " + " ".join(files), f"exit {code}, no report", FAIL)
+        return rows.exit_status()
+    suite = ElementTree.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    rows.add("pytest " + " ".join(files), f"{passed} passed, {counts['failures']} failed, {counts['errors']} errors, "
+             f"{counts['skipped']} skipped in {time.monotonic() - started:.0f} s (pytest.xml)",
+             "ok" if code == 0 and passed + counts["skipped"] == counts["tests"] else FAIL, passed=passed, **counts)
+    for case in suite.iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if problem is not None:
+            rows.add(f"{case.get('classname')}::{case.get('name')}", first_line(problem.get("message") or ""), FAIL)
+    return rows.exit_status()
+
+
+SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
+
+
+def stage_sanitizer(args, rows: Rows) -> int:
+    workload = [sys.executable, str(HERE / "gpu_measure.py"), "sanitizer-workload", "--results", str(args.results),
+                *(["--dry-run"] * args.dry_run)]
+    sanitizer = shutil.which("compute-sanitizer")
+    if args.dry_run or sanitizer is None:  # the workload alone, so that its Python has run
+        done = subprocess.run(workload, capture_output=True, text=True, errors="replace")
+        print(done.stdout[-2000:] + done.stderr[-4000:], flush=True)
+        rows.add("workload (gpu_measure.py sanitizer-workload)", first_line(done.stdout, "launches") if
+                 done.returncode == 0 else f"exit {done.returncode}", "ok" if done.returncode == 0 else FAIL)
+        for tool in SANITIZER_TOOLS:
+            rows.add(tool, "skipped (dry run)" if args.dry_run else "skipped (compute-sanitizer not found)", "skipped")
+        return rows.exit_status()
+    # without torch's caching allocator every tensor is an allocation of its own, so memcheck sees its bounds
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    for tool in SANITIZER_TOOLS:
+        started = time.monotonic()
+        done = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "9", "--print-limit", "20", *workload],
+                              capture_output=True, text=True, errors="replace", env=env)
+        output = done.stdout + done.stderr
+        (args.results / f"sanitizer-{tool}.txt").write_text(output)
+        summary = [line.strip("= ").strip() for line in output.splitlines() if "SUMMARY" in line]
+        result = summary[-1] if summary else f"exit {done.returncode}: {first_line(output[-2000:])}"
+        rows.add(tool, f"{result} ({time.monotonic() - started:.0f} s, sanitizer-{tool}.txt)",
+                 "ok" if done.returncode == 0 else FAIL)
+    return rows.exit_status()
+
+
+STAGES = {"machine": stage_machine, "install": stage_install, "build": stage_build, "pytest": stage_pytest,
+          "sanitizer": stage_sanitizer}
 
 if __name__ == "__main__":
-    status = 1
-    try:
-        status = main()
-    except SystemExit as e:
-        log(str(e))
-        status = 1 if e.code not in (0, None) else 0
-    except Exception:  # noqa: BLE001 - the log must say what went wrong
-        log(traceback.format_exc())
-    finally:
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-            Path(os.environ["OUT"], "gpu_check.log").write_text("\n".join(LINES) + "\n")
-    sys.exit(status)
+    sys.exit(main())

@@ -1,7 +1,9 @@
+import importlib.util
 import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -23,6 +25,19 @@ REPO = Path(__file__).resolve().parent.parent
 # NVIDIA/TensorRT's public repository as a bare git dir: its include/ folder is all the plugin needs to build
 TENSORRT_GIT_DIR = Path(os.environ.get("TENSORRT_GIT_DIR", "/work/.mirror/NVIDIA+TensorRT/repo"))
 TENSORRT_HEADERS_REF = "v11.1"  # the headers of the session's plugins build when $TENSORRT_ROOT is not set
+PLUGINS_BUILD_ENV = "TPDEPLOY_PLUGINS_BUILD"  # a finished build folder the plugins_build fixture reuses
+
+
+def load_script(name, path):
+    """A script of the repository (benchmarks/, tests/cuda_emulator/) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load_script("gpu_check", REPO / "benchmarks" / "gpu_check.py")  # its build, the plugins_build fixture's
 
 
 @pytest.fixture(scope="session")
@@ -83,23 +98,27 @@ def tensorrt_headers(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def plugins_build(tmp_path_factory, tensorrt_headers):
-    """plugins/ built once per session by CMake into a fresh folder, for one GPU architecture (this machine's GPU,
-    else sm_80) to keep it short, with -Werror on the C++ (-Wall -Wextra come from the CMake files). The TensorRT
-    plugin is built against $TENSORRT_ROOT's headers, else those of TENSORRT_HEADERS_REF from TENSORRT_GIT_DIR, else
-    not at all. Returns the build folder."""
+    """plugins/ built once per session by the GPU check's CMake build (benchmarks/gpu_check.py `cmake_build`: one
+    GPU architecture, this machine's GPU, else the sm_90 of the H200 the project is checked on; ptxas -v) into a
+    fresh folder, with -Werror on the C++ (-Wall -Wextra come from the CMake files). The TensorRT plugin is built
+    against $TENSORRT_ROOT's headers, else those of TENSORRT_HEADERS_REF from TENSORRT_GIT_DIR, else not at all.
+    Where $TPDEPLOY_PLUGINS_BUILD names a folder (the GPU check's build stage made it), that folder as it is.
+    Returns the build folder."""
+    if os.environ.get(PLUGINS_BUILD_ENV):
+        build = Path(os.environ[PLUGINS_BUILD_ENV])
+        assert (build / "libtokenpool_kernels.so").is_file(), f"{PLUGINS_BUILD_ENV}={build} holds no libtokenpool_kernels.so"
+        return build
     if shutil.which("nvcc") is None or shutil.which("cmake") is None:
         pytest.skip("needs nvcc and cmake")
-    arch = "80-real"
+    arch = gpu_check.DRY_RUN_ARCH
     if has_cuda():
         import torch
-        arch = "{}{}-real".format(*torch.cuda.get_device_capability())
+        arch = "{}{}".format(*torch.cuda.get_device_capability())
     build = tmp_path_factory.mktemp("plugins")
-    configure = ["cmake", "-S", str(REPO / "plugins"), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
-                 "-DCMAKE_CXX_FLAGS=-Werror"]
+    extra = ["-DCMAKE_CXX_FLAGS=-Werror"]
     include = None if os.environ.get("TENSORRT_ROOT") else tensorrt_headers(TENSORRT_HEADERS_REF)
     if include is not None:
-        configure.append(f"-DTENSORRT_INCLUDE_DIR={include}")
-    for cmd in (configure, ["cmake", "--build", str(build), "-j"]):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        extra.append(f"-DTENSORRT_INCLUDE_DIR={include}")
+    failed, output = gpu_check.cmake_build(build, arch, build / "build.log", extra)
+    assert failed is None, f"{failed}:\n" + "\n".join(output[-80:])
     return build

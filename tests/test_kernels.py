@@ -258,6 +258,22 @@ def test_op_dispatches_to_the_kernels_for_cuda_tensors(gpu, monkeypatch):
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("mode", ["kmedoids", "kmeans"])
+def test_cuda_tensors_beyond_the_kernels_limits_get_the_references_result(gpu, mode):
+    """N > 1024, C > 65536, B > 65535: the kernels refuse them, and tpdeploy.token_pool runs the reference instead."""
+    from tpdeploy import token_pool
+    for b, n, c in ((2, 1025, 4), (1, 4, 65537), (65536, 2, 1)):
+        x, w = tied_inputs(torch.Generator().manual_seed(n), b, n, c)
+        k = max(1, n // 4)
+        with pytest.raises(ValueError, match="unsupported"):
+            kernels.token_pool(x.to(gpu), w.to(gpu), k, 1, mode)
+        with torch.inference_mode():
+            got = token_pool(x.to(gpu), w.to(gpu), k, 1, mode)
+        assert got.is_cuda and torch.equal(got.cpu(), reference_token_pool(x, w, k, 1, mode)), (b, n, c)
+
+
+@pytest.mark.gpu
+@requires_gpu
 @pytest.mark.parametrize("method", ["wkmedoids", "kmeans", "topk"])
 def test_model_forward_on_cuda_matches_the_cpu_reference(gpu, method):
     model = create_model("deit_tiny", preset="deit_tiny_058", method=method)

@@ -10,23 +10,23 @@ of garbage, and the inputs sit between NaN guards, so uninitialised and out-of-b
 TP_EMULATOR_KERNEL_DIR=<folder with tokenPoolKernel.cu> tests other sources (a deliberately broken copy, say).
 """
 import ctypes
-import importlib.util
 import itertools
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_onnx_op import run_function
 
 from tpdeploy import kernels
+from tpdeploy.artifacts import tokenpool
 from tpdeploy.op import reference_token_pool
 
-_spec = importlib.util.spec_from_file_location("emulator_build", Path(__file__).parent / "cuda_emulator" / "build.py")
-emulator_build = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(emulator_build)
+emulator_build = load_script("emulator_build", Path(__file__).parent / "cuda_emulator" / "build.py")
 
 F32, F16 = torch.float32, torch.float16
 NAN, INF = float("nan"), float("inf")
@@ -259,6 +259,21 @@ def test_reference_agrees_with_the_onnx_function_on_a_negative_zero_centre():
     x, w = x[1:], w[1:]
     want = run_function(x.numpy(), w.numpy(), 2, 3, "kmeans", True)
     assert torch.equal(bits(reference_token_pool(x, w, 2, 3, "kmeans", True)), bits(torch.from_numpy(want)))
+
+
+def test_the_dispatch_goes_to_the_kernels_exactly_within_their_limits(lib):
+    """tpdeploy.op.token_pool hands CUDA tensors to the kernels only where tokenpool.kernels_support says so: the
+    limits of tokenPoolKernel.h, and exactly the sizes the library accepts (the others it refuses as unsupported,
+    and the reference runs them)."""
+    header = (emulator_build.KERNEL_DIR / "tokenPoolKernel.h").read_text()
+    assert dict(re.findall(r"#define (TP_MAX_\w+) (\d+)", header)) == {
+        "TP_MAX_TOKENS": str(tokenpool.KERNEL_MAX_TOKENS), "TP_MAX_CHANNELS": str(tokenpool.KERNEL_MAX_CHANNELS),
+        "TP_MAX_BATCH": str(tokenpool.KERNEL_MAX_BATCH)}
+    unsupported = 2  # TP_ERROR_UNSUPPORTED
+    for b, n, c in ((2, 196, 384), (1, 1024, 8), (1, 1025, 8), (1, 8, 65536), (1, 8, 65537), (65535, 8, 8),
+                    (65536, 8, 8), (70000, 2000, 70000)):
+        status = lib.tokenPoolValidate(ctypes.byref(kernels.Params(b, n, c, 1, 3, 0, 1, 1, 0)))
+        assert status == (0 if tokenpool.kernels_support(b, n, c) else unsupported), (b, n, c)
 
 
 def test_batch_zero_launches_nothing(lib):
