@@ -57,6 +57,27 @@ def tiny_dense_onnx(workdir):
     return _export_once(workdir / "deit_tiny_dense.onnx", method="none")
 
 
+# one small architecture per family beyond DeiT: distilled DeiT (two prefix tokens, two heads), DeiT III (layer
+# scale, positions of the patches only), ViT at 384 px (576 patch tokens, mean/std 0.5, crop_pct 1)
+FAMILIES = ("deit_tiny_distilled_patch16_224", "deit3_small_patch16_224", "vit_small_patch16_384")
+
+
+@pytest.fixture(scope="session")
+def family_onnx(workdir):
+    """arch -> (model, path, export report) of its 0.58x preset, dynamic batch, fp32: exported once per session."""
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            from tpdeploy.export import export
+            from tpdeploy.model import create_model
+            model = create_model(arch, preset=f"{arch}_058")
+            path = str(workdir / f"{arch}_058.onnx")
+            cache[arch] = (model, path, export(model, path))
+        return cache[arch]
+    return get
+
+
 def _export_once(path, **model_args):
     from tpdeploy.export import export
     from tpdeploy.model import create_model

@@ -10,9 +10,12 @@ from tpdeploy.artifacts.recipe import DataConfig, Recipe
 TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 
 
-def standin_onnx(path, batch="batch", dtype="float32", pools=((150, "kmedoids"),), classes=10, recipe=True):
-    """images [B, 3, 224, 224] -> 196 tokens of 768 -> TokenPool nodes -> mean -> logits [B, classes]."""
+def standin_onnx(path, batch="batch", dtype="float32", pools=((150, "kmedoids"),), classes=10, recipe=True,
+                 size=224, tokens=196):
+    """images [B, 3, size, size] -> `tokens` tokens of 3 * size² / tokens channels (768 by default) -> TokenPool
+    nodes -> mean -> logits [B, classes]."""
     elem, npd = TYPES[dtype]
+    channels = 3 * size * size // tokens
     nodes = [helper.make_node("Reshape", ["images", "tokens_shape"], ["x"]),
              helper.make_node("ReduceSumSquare", ["x", "axis2"], ["w"], keepdims=0)]
     x = "x"
@@ -22,20 +25,22 @@ def standin_onnx(path, batch="batch", dtype="float32", pools=((150, "kmedoids"),
         nodes.append(helper.make_node("ReduceSumSquare", [x, "axis2"], [f"w{i + 1}"], keepdims=0))
     nodes += [helper.make_node("ReduceMean", [x, "axis1"], ["pooled"], keepdims=0),
               helper.make_node("MatMul", ["pooled", "head"], ["logits"])]
-    inits = [numpy_helper.from_array(np.array([0, 196, 768], np.int64), "tokens_shape"),
+    inits = [numpy_helper.from_array(np.array([0, tokens, channels], np.int64), "tokens_shape"),
              numpy_helper.from_array(np.array([2], np.int64), "axis2"),
              numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.random.default_rng(0).normal(size=(768, classes)).astype(npd), "head")]
-    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("images", elem, [batch, 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", elem, [batch, classes])], inits)
+             numpy_helper.from_array(np.random.default_rng(0).normal(size=(channels, classes)).astype(npd), "head")]
+    graph = helper.make_graph(nodes, "standin", [helper.make_tensor_value_info("images", elem, [batch, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", elem, [batch, classes])], inits,
+                              value_info=[helper.make_tensor_value_info("x", elem, [batch, tokens, channels])])
     modes = {mode for _, mode in pools}
     functions = [onnx_op.function_proto(20, modes.pop())] if len(modes) == 1 else []
     model = helper.make_model(graph, functions=functions,
                               opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("tpdeploy", 1)])
     if recipe:
         from tpdeploy.artifacts import onnx_file
-        onnx_file.write_recipe(model, Recipe("deit_small", "wkmedoids", 3, (196,) * 12, "fp32" if dtype == "float32"
-                                             else "fp16", classes, DataConfig(), seed=0, tpdeploy_version="test"))
+        onnx_file.write_recipe(model, Recipe("deit_small", "wkmedoids", 3, (tokens,) * 12, "fp32" if dtype == "float32"
+                                             else "fp16", classes, DataConfig(input_size=size), seed=0,
+                                             tpdeploy_version="test"))
     onnx.save(model, str(path))
     return str(path)
 

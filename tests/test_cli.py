@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
+from conftest import FAMILIES
 from test_model import timm_like_state
+from tpdeploy.model import get_config, list_archs
 
 TPDEPLOY = [sys.executable, "-m", "tpdeploy"]
 
@@ -45,6 +47,29 @@ def test_info_table():
     result = run("info", "--arch", "deit_tiny", "--schedule", ",".join(["196"] * 6 + ["100"] * 6), "--method", "topk")
     assert result.returncode == 0 and "<- pooled" in result.stdout and "GMACs" in result.stdout
     assert "seeded-random" in result.stdout + result.stderr
+
+
+def test_archs_lists_every_architecture_with_its_figures_and_presets():
+    listed = json.loads(run("archs", "--json").stdout)
+    assert [a["arch"] for a in listed] == list_archs()
+    vit = next(a for a in listed if a["arch"] == "vit_base_patch16_384")
+    assert vit["timm"] == "vit_base_patch16_384.augreg_in21k_ft_in1k" and vit["patch_tokens"] == 576
+    assert vit["gmacs_dense"] == pytest.approx(55.54, rel=0.01) and vit["params_m"] == pytest.approx(86.86, abs=0.01)
+    assert vit["data_config"]["crop_pct"] == 1.0 and vit["data_config"]["mean"] == [0.5, 0.5, 0.5]
+    assert vit["presets"] == ["vit_base_patch16_384_058"]
+    table = run("archs").stdout.splitlines()
+    assert table[0].split()[:3] == ["arch", "blocks", "dim"] and len(table) == len(listed) + 2
+    assert table[-2].split()[:4] == ["vit_large_patch16_384", "24", "1024", "1+576"]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_info_and_bench_on_every_family(family_onnx, arch):
+    _, path, _ = family_onnx(arch)
+    info = json.loads(run("info", path, "--json").stdout)
+    assert info["arch"] == arch and info["token_pool_nodes"] == 11
+    assert info["data_config"] == get_config(arch).data_config.describe()
+    bench = run("bench", path, "--batch", 1, "--iterations", 1, "--warmup-ms", 0)
+    assert bench.returncode == 0 and "p99" in bench.stdout, bench.stderr
 
 
 def test_export_prints_what_it_built(models):
@@ -91,7 +116,7 @@ def test_compare_exit_codes(models):
 
 def test_bad_checkpoints_and_schedules(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"\x00garbage")
-    torch.save(timm_like_state(384, seed=0), tmp_path / "small.pth")
+    torch.save(timm_like_state("deit_small", seed=0), tmp_path / "small.pth")
     cases = [
         (["--checkpoint", tmp_path / "nope.pth"], "checkpoint not found"),
         (["--checkpoint", tmp_path / "corrupt.pth"], "cannot read checkpoint"),

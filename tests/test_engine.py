@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from conftest import FAMILIES
 from standin import standin_engine, standin_onnx
 from tpdeploy import TpdeployError, engine, onnx_op
 from tpdeploy.artifacts import engine_file, libraries
@@ -90,6 +91,30 @@ def test_plugin_fields_come_from_the_node_attributes(tmp_path, plugin):
     onnx.save(proto, path)
     with pytest.raises(TpdeployError, match="not a TokenPool v1 node the plugin can run"):
         engine.plan_build(path, str(tmp_path / "m.plan"))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_the_plan_for_every_family(family_onnx, tmp_path, plugin, arch):
+    model, path, _ = family_onnx(arch)
+    plan = engine.plan_build(path, str(tmp_path / "m.plan"), fp16=True)
+    size = model.cfg.img_size
+    assert plan.spec.input.shape == (None, 3, size, size) and plan.spec.input.dtype == "float16"
+    assert plan.recipe.data_config == model.cfg.data_config and plan.recipe.dtype == "fp16"
+    assert [n["num_clusters"] for n in plan.token_pool_nodes] == [p.num_out for p in model.pools.values()]
+    assert plan.plugin == plugin
+
+
+def test_the_plugin_plan_refuses_what_the_kernels_cannot_run(tmp_path, plugin):
+    """N <= 1024, batch <= 65535: beyond, the plan says how to build without the plugin (the ONNX function)."""
+    big = standin_onnx(tmp_path / "big.onnx", size=296, tokens=1369, pools=((600, "kmedoids"),))  # ViT/8 at 296 px
+    with pytest.raises(TpdeployError, match=r"TokenPool_0 pools 1369 tokens of 192 channels at batch up to 32; the "
+                                            r"TokenPool kernels take N <= 1024.*--no-plugin"):
+        engine.plan_build(big, str(tmp_path / "big.plan"))
+    assert engine.plan_build(big, str(tmp_path / "big.plan"), no_plugin=True).plugin is None
+    fits = standin_onnx(tmp_path / "fits.onnx", size=384, tokens=576, pools=((514, "kmedoids"),))
+    assert engine.plan_build(fits, str(tmp_path / "fits.plan"), max_batch=65535).plugin == plugin
+    with pytest.raises(TpdeployError, match="at batch up to 65536; .* or a smaller --max-batch"):
+        engine.plan_build(fits, str(tmp_path / "fits.plan"), max_batch=65536)
 
 
 def test_no_plugin_inlines_the_function_and_folds_its_constant_condition(tmp_path):

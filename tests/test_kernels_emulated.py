@@ -212,6 +212,13 @@ def test_largest_n(lib, mode, x_dtype):
     check(lib, x.to(x_dtype), w, 100, 2 if mode == "kmedoids" else 1, mode, True, 1, exact=True)
 
 
+@pytest.mark.parametrize("mode", ["kmedoids", "kmeans"])
+def test_the_largest_registered_architecture(lib, mode):
+    """vit_large_patch16_384_058's first pooling step: 576 patch tokens of 1024 channels to 546, in float16."""
+    x, w = small_integers(576, 1, 576, 1024)
+    check(lib, x.half(), w, 546, 3 if mode == "kmedoids" else 1, mode, True, 2, exact=True)
+
+
 @pytest.mark.parametrize("mode,x_dtype", [pytest.param(m, d, id=f"{m}-x{d.itemsize * 8}")
                                           for m in ("kmedoids", "kmeans") for d in (F16, F32)])
 def test_misaligned_pointers(lib, mode, x_dtype):

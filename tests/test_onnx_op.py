@@ -35,6 +35,15 @@ def test_function_equals_reference_exactly_on_random_inputs(mode, weighted, seed
         np.testing.assert_array_equal(run_function(x, w, k, t, mode, weighted), reference(x, w, k, t, mode, weighted))
 
 
+@pytest.mark.parametrize("mode", ["kmedoids", "kmeans"])
+def test_function_equals_reference_at_the_largest_registered_size(mode):
+    """The first pooling step of vit_large_patch16_384_058: 576 tokens of 1024 channels to 546."""
+    rng = np.random.default_rng(576)
+    x = rng.normal(size=(2, 576, 1024)).astype(np.float32)
+    w = rng.random((2, 576)).astype(np.float32)
+    np.testing.assert_array_equal(run_function(x, w, 546, 3, mode, True), reference(x, w, 546, 3, mode, True))
+
+
 @pytest.mark.parametrize("mode,weighted", MODES)
 @pytest.mark.parametrize("seed", range(4))
 def test_function_equals_reference_on_ties_and_duplicates(mode, weighted, seed):

@@ -2,16 +2,37 @@
 import pytest
 
 from tpdeploy import schedule as sched
-from tpdeploy.model import create_model, get_config
+from tpdeploy.model import create_model, get_config, list_archs, parameter_count
+
+# Dense GMACs and params (M) as timm publishes them: huggingface/pytorch-image-models,
+# results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv (columns infer_gmacs, param_count)
+TIMM_FIGURES = {
+    "deit_tiny": (1.26, 5.72), "deit_small": (4.61, 22.05), "deit_base": (17.58, 86.57),
+    "deit_tiny_distilled_patch16_224": (1.27, 5.91), "deit_small_distilled_patch16_224": (4.63, 22.44),
+    "deit_base_distilled_patch16_224": (17.68, 87.34),
+    "deit3_small_patch16_224": (4.61, 22.06), "deit3_base_patch16_224": (17.58, 86.59),
+    "vit_small_patch16_224": (4.61, 22.05), "vit_small_patch16_384": (15.52, 22.2),
+    "vit_base_patch16_224": (17.58, 86.57), "vit_base_patch16_384": (55.54, 86.86),
+    "vit_base_patch32_224": (4.41, 88.22),
+    "vit_large_patch16_224": (61.6, 304.33), "vit_large_patch16_384": (191.21, 304.72),
+}
 
 
-@pytest.mark.parametrize("arch,gmacs,params_m", [("deit_tiny", 1.26, 5.7), ("deit_small", 4.61, 22.1),
-                                                  ("deit_base", 17.58, 86.6)])
-def test_dense_figures_match_timm(arch, gmacs, params_m):
+def test_every_architecture_has_reference_figures():
+    assert sorted(TIMM_FIGURES) == sorted(list_archs())
+
+
+@pytest.mark.parametrize("arch", sorted(TIMM_FIGURES))
+def test_dense_figures_match_timm(arch):
+    gmacs, params_m = TIMM_FIGURES[arch]
     d = get_config(arch).dims
     assert sched.macs(sched.dense(d), d) / 1e9 == pytest.approx(gmacs, rel=0.01)
-    model = create_model(arch)
-    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, rel=0.01)
+    assert parameter_count(get_config(arch)) / 1e6 == pytest.approx(params_m, abs=0.005)
+
+
+def test_parameter_count_is_the_modules():
+    model = create_model("deit_tiny_distilled_patch16_224")
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(model.cfg)
 
 
 def test_pooling_cost_is_counted():
@@ -34,10 +55,20 @@ def test_solver_meets_the_target_from_below(ratio, method):
     assert got > ratio - (0.05 if method == "grid" else 0.01)
 
 
+@pytest.mark.parametrize("arch", ["vit_large_patch16_384", "vit_base_patch32_224", "deit_tiny_distilled_patch16_224"])
+def test_solver_for_any_depth_and_token_count(arch):
+    """24 blocks of 576 patches, 12 of 49, two prefix tokens and two heads."""
+    d = get_config(arch).dims
+    tokens = sched.solve(0.58, d, "wkmedoids", 3)
+    assert len(tokens) == d.depth and tokens[0] == d.num_patches
+    assert 0.57 < sched.macs(tokens, d) / sched.macs(sched.dense(d), d) <= 0.58
+
+
 def test_presets_are_valid_and_on_target():
     presets = sched.presets()
     for arch in ("deit_tiny", "deit_small"):
         assert {f"{arch}_045", f"{arch}_058", f"{arch}_075"} <= set(presets)
+    assert {f"{arch}_058" for arch in list_archs()} <= set(presets)
     for name, p in presets.items():
         d = get_config(p.arch).dims
         sched.validate(p.tokens, d, p.method)

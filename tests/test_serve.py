@@ -170,6 +170,27 @@ def test_classify_jpeg_and_png(server, runner):
         g.close()
 
 
+def test_a_384_px_model_is_served_with_its_own_preprocessing(family_onnx):
+    """vit_small_patch16_384: images [B, 3, 384, 384]; classify resizes to 384 (crop_pct 1) and normalises with
+    mean = std = 0.5, as its file records, not DeiT's 224 px ImageNet preprocessing."""
+    _, path, _ = family_onnx("vit_small_patch16_384")
+    runner = runtime.load(path)
+    blob = encoded("JPEG", seed=5, size=(480, 400))
+    pre = preprocess_image(blob, runner.data_config)
+    assert pre.shape == (3, 384, 384) and runner.data_config.mean == (0.5, 0.5, 0.5)
+    want_classes, want_scores = sv.top_classes(runner.infer(pre[None]), 5)
+    with sv.ServerProcess(path, name=NAME, max_batch=2) as server:
+        c = http(server)
+        try:
+            classes, scores = classify(c, httpclient, [blob])
+            logits = infer_images(c, httpclient, pre[None])
+        finally:
+            c.close()
+    np.testing.assert_array_equal(classes, want_classes)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(logits, runner.infer(pre[None]), atol=ATOL, rtol=RTOL)
+
+
 def _good_client(server, runner_outputs, images, n_requests, use_grpc, errors, wrong, deadline, done=None):
     module = grpcclient if use_grpc else httpclient
     client = grpc(server) if use_grpc else http(server)

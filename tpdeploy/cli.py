@@ -7,6 +7,7 @@ is removed on the way out). Set TPDEPLOY_DEBUG=1 to see the traceback of an unex
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -92,12 +93,14 @@ def options(*opts):
 
 
 model_options = options(
-    click.option("--arch", help=f"deit_tiny, deit_small or deit_base (default: the preset's, else {DEFAULT_ARCH})"),
-    click.option("--checkpoint", help="timm/DeiT state dict (.pth, .pt, .bin, .safetensors); default: seeded-random"),
+    click.option("--arch", help=f"a registered architecture, by its name or timm's (see `tpdeploy archs`; default: the "
+                 f"preset's, else {DEFAULT_ARCH})"),
+    click.option("--checkpoint", help="timm/DeiT state dict of that architecture (.pth, .pt, .bin, .safetensors); "
+                 "default: seeded-random"),
     click.option("--flops-ratio", type=Number(0.0, open=True), help="solve the schedule for this fraction of dense "
                  "GMACs, e.g. 0.58"),
     click.option("--preset", help="a schedule preset from models/ (see `tpdeploy presets`) or a .toml file"),
-    click.option("--schedule", help="patch tokens entering each of the 12 blocks, e.g. 196,196,160,..."),
+    click.option("--schedule", help="patch tokens entering each block (one entry per block), e.g. 196,196,160,..."),
     click.option("--method", type=click.Choice(sched.METHODS), help=f"pooling method (default {sched.DEFAULT_METHOD})"),
     click.option("--iterations", type=click.IntRange(min=0), help=f"clustering iterations T (default "
                  f"{sched.DEFAULT_ITERATIONS})"),
@@ -184,8 +187,11 @@ def info(model_file, as_json, **model_args):
 @main.command()
 def presets():
     """List the schedule presets shipped under models/."""
-    for name, p in sched.presets().items():
-        click.echo(f"{name:<18} {p.arch:<11} {p.method:<10} {p.description}")
+    found = sched.presets()
+    name_width, arch_width = max(map(len, found)), max(len(p.arch) for p in found.values())
+    for name, p in found.items():
+        click.echo(f"{name:<{name_width}}  {p.arch:<{arch_width}}  {p.method:<10} {len(p.tokens):>2} blocks, "
+                   f"{p.tokens[0]:>3} -> {p.tokens[-1]:<3} tokens  {p.description}")
 
 
 @main.command()
@@ -195,7 +201,7 @@ def presets():
 @click.option("--batch", type=POSITIVE, help="fix the batch size (default: dynamic)")
 @click.option("--opset", type=click.IntRange(min=1), default=None, help="ai.onnx opset (default 20; at least 18)")
 def export(output, dtype, batch, opset, **model_args):
-    """Export a Token-Pooled DeiT to ONNX with tpdeploy::TokenPool nodes, then validate it against PyTorch."""
+    """Export a Token-Pooled ViT to ONNX with tpdeploy::TokenPool nodes, then validate it against PyTorch."""
     from tpdeploy.artifacts.files import check_output
     from tpdeploy.optional import lazy_import
     inputs = [model_args["checkpoint"], model_args["preset"]]
@@ -238,7 +244,7 @@ def _path_of(spec: str) -> str:
 @click.option("--duration", type=Number(0.0, open=True), default=5.0, show_default=True,
               help="seconds of timed rounds")
 @click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
-@click.option("--baseline", help="a second model (e.g. dense DeiT) timed interleaved in the same run")
+@click.option("--baseline", help="a second model (e.g. the dense model) timed interleaved in the same run")
 @click.option("--no-cuda-graph", is_flag=True, help="TensorRT: enqueue directly instead of replaying a CUDA graph")
 @click.option("--include-transfers", is_flag=True, help="TensorRT: time host-device copies too (trtexec 11 does not)")
 @click.option("--json", "json_path", help="also write the results to this JSON file")
@@ -350,7 +356,7 @@ def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port,
           instances, name, threads, plugin, verbose):
     """Serve MODEL_FILE on NVIDIA Triton Inference Server (through PyTriton) until Ctrl+C or SIGTERM.
 
-    Two models: NAME (images FP32 [B, 3, 224, 224] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
+    Two models: NAME (images FP32 [B, 3, S, S] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
     bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
     from tpdeploy.optional import lazy_import
     lazy_import("tpdeploy.serve", "serving").serve(
@@ -385,3 +391,38 @@ def triton_repo(model_file, repository, name, max_batch, max_queue_delay_us, ins
     for command in report.commands:
         click.echo(f"  {command}")
     click.echo(f"(see {os.path.join(report.model_dir, 'README.txt')})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print a JSON list")
+def archs(as_json):
+    """List the registered architectures: the timm weights each data config is for, size, params, dense GMACs,
+    preprocessing and the shipped presets."""
+    from tpdeploy.optional import lazy_import
+    registry = lazy_import("tpdeploy.model", "listing architectures")
+    presets = sched.presets()
+    rows = []
+    for name in registry.list_archs():
+        cfg = registry.get_config(name)
+        d = cfg.dims
+        rows.append({"arch": name, "timm": f"{cfg.timm_name}.{cfg.timm_tag}", "blocks": cfg.depth,
+                     "embed_dim": cfg.embed_dim, "prefix_tokens": cfg.num_prefix_tokens, "patch_tokens": d.num_patches,
+                     "params_m": registry.parameter_count(cfg) / 1e6, "gmacs_dense": sched.macs(sched.dense(d), d) / 1e9,
+                     "data_config": dataclasses.asdict(cfg.data_config),
+                     "presets": [p for p, preset in presets.items() if preset.arch == name]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'arch':<33} {'blocks':>6} {'dim':>5} {'tokens':>7} {'params M':>8} {'GMACs':>7}  {'input':<16} "
+               f"{'mean / std':<37} {'timm weights':<22} presets (arch_...)")
+    numbers = lambda v: f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)  # noqa: E731
+    for r in rows:
+        dc = r["data_config"]
+        tokens = f"{r['prefix_tokens']}+{r['patch_tokens']}"
+        size = f"{dc['input_size']} {dc['interpolation']} {dc['crop_pct']:g}"
+        norm = f"{numbers(dc['mean'])} / {numbers(dc['std'])}"
+        presets_here = ", ".join(p.removeprefix(r["arch"] + "_") for p in r["presets"]) or "-"
+        click.echo(f"{r['arch']:<33} {r['blocks']:>6} {r['embed_dim']:>5} {tokens:>7} {r['params_m']:>8.2f} "
+                   f"{r['gmacs_dense']:>7.2f}  {size:<16} {norm:<37} {r['timm'].partition('.')[2]:<22} {presets_here}")
+    click.echo("tokens: prefix (CLS, distillation) + patch tokens; input: size, resize interpolation, crop_pct; the "
+               "data config is that of timm's weights `<timm name>.<tag>` (`--json` has every field)")

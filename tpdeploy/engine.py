@@ -62,6 +62,20 @@ def plugin_nodes(model: OnnxFile) -> list[dict]:
     return nodes
 
 
+def check_kernel_limits(model: OnnxFile, max_batch: int) -> None:
+    """The plugin runs the CUDA kernels, which take N <= 1024 tokens, C <= 65536 channels and batch <= 65535
+    (tokenpool.KERNEL_MAX_*; every registered architecture fits: 576 tokens of 1024 channels at most). Beyond,
+    TensorRT would fail the build in the plugin's configurePlugin: refuse the plan here, with the way out."""
+    for node in model.token_pool_nodes:
+        _, n, c = node["x_shape"] or (None, None, None)
+        if not tokenpool.kernels_support(max_batch, n or 0, c or 0):
+            raise UserError(
+                f"{model.path}: {node['name']} pools {n} tokens of {c} channels at batch up to {max_batch}; the "
+                f"TokenPool kernels take N <= {tokenpool.KERNEL_MAX_TOKENS}, C <= {tokenpool.KERNEL_MAX_CHANNELS} "
+                f"and batch <= {tokenpool.KERNEL_MAX_BATCH}: build with --no-plugin (TensorRT runs the ONNX "
+                f"function, which has no such limit) or a smaller --max-batch")
+
+
 def plan_build(onnx_path: str, output: str, fp16: bool = False, min_batch: int | None = None,
                opt_batch: int | None = None, max_batch: int | None = None, workspace_mib: int | None = None,
                timing_cache: str | None = None, plugin: str | None = None, no_plugin: bool = False) -> BuildPlan:
@@ -92,6 +106,8 @@ def plan_build(onnx_path: str, output: str, fp16: bool = False, min_batch: int |
         raise UserError("give either --plugin or --no-plugin, not both")
     nodes = plugin_nodes(model)
     library = None if (no_plugin or not nodes) else find_plugin(plugin)
+    if library:
+        check_kernel_limits(model, hi)
     convert = fp16 and spec.input.dtype == "float32"
     dtype = "float16" if (convert or spec.input.dtype == "float16") else "float32"
     engine_spec = ModelSpec(TensorSpec(spec.input.name, dtype, spec.input.shape),

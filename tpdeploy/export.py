@@ -1,4 +1,4 @@
-"""`tpdeploy export`: Token-Pooled DeiT -> ONNX with `tpdeploy::TokenPool` nodes backed by a local function."""
+"""`tpdeploy export`: Token-Pooled ViT -> ONNX with `tpdeploy::TokenPool` nodes backed by a local function."""
 from __future__ import annotations
 
 import contextlib
@@ -103,7 +103,7 @@ def export(model, output: str, dtype: str = "fp32", batch: int | None = None, op
         onnx.save(proto, tmp)
         progress("validating onnxruntime against PyTorch")
         from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
-        images = sample_images(batch or validate_batch, model.cfg.img_size)
+        images = sample_images(batch or validate_batch, model.cfg.img_size, config=model.cfg.data_config)
         with torch.no_grad():
             expected = model(torch.from_numpy(images)).numpy()
         got = OnnxRuntimeRunner(tmp).infer(images).astype(np.float32)

@@ -10,7 +10,8 @@ The transform is timm's evaluation transform for the model's data config (`tpdep
 recorded at export): resize to floor(input_size / crop_pct) with the config's interpolation (the shorter side for
 crop_mode 'center', both sides for 'squash'), take the central input_size square, scale to [0, 1], normalise
 with the config's mean and std. Rounding follows torchvision's `Resize` and `CenterCrop` on PIL images. DeiT's
-config is bicubic with crop_pct 0.9 (resize 248 for 224). Needs Pillow (`pip install 'tpdeploy[serve]'`).
+config is bicubic with crop_pct 0.9 (resize 248 for 224); timm's 384 px ViTs take crop_pct 1.0 (resize 384) and
+mean = std = 0.5 (`tpdeploy archs` shows each architecture's). Needs Pillow (`pip install 'tpdeploy[serve]'`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Pooling schedules: presets from `models/`, explicit lists, or solved from a FLOPs target; and the MAC counter.
 
-A schedule is the number of patch tokens entering each of the 12 blocks (196 at block 1). Where it drops
-after block l, the patch tokens are pooled (SPEC section 2). MACs count what the model executes, the
-pooling op included, so a FLOPs ratio is honest.
+A schedule is the number of patch tokens entering each block (all N patch tokens at block 1: 196 for a
+ViT/16 at 224 px, 576 at 384 px, 49 for a ViT/32 at 224 px; one entry per block, 12 or 24). Where it drops
+after block l, the patch tokens are pooled (SPEC section 2); the class (and distillation) tokens are never
+pooled. MACs count what the model executes, the pooling op included, so a FLOPs ratio is honest.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class ArchDims:
     num_patches: int
     patch_dim: int      # 3 * patch_size²
     num_classes: int
+    prefix_tokens: int = 1     # tokens that every block sees and pooling never touches: CLS (+ distillation)
+    classifier_heads: int = 1  # 2 for distilled DeiT (head and head_dist)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def validate(tokens, dims: ArchDims, method: str) -> tuple[int, ...]:
     if tokens[-1] < 1:
         raise InvalidArgumentError("schedule must keep at least 1 patch token")
     if method == "none" and len(set(tokens)) > 1:
-        raise InvalidArgumentError("method 'none' is dense DeiT: its schedule cannot drop tokens")
+        raise InvalidArgumentError("method 'none' is the dense model: its schedule cannot drop tokens")
     if method == "grid":
         for t in set(tokens):
             if math.isqrt(t) ** 2 != t:
@@ -94,9 +97,9 @@ def macs(tokens, dims: ArchDims, method: str = DEFAULT_METHOD, iterations: int =
     """Multiply-accumulates of one image through the model (patch embedding, blocks, pooling, head)."""
     d = dims.embed_dim
     hidden = int(d * dims.mlp_ratio)
-    total = dims.num_patches * dims.patch_dim * d + d * dims.num_classes
+    total = dims.num_patches * dims.patch_dim * d + dims.classifier_heads * d * dims.num_classes
     for i, n in enumerate(tokens):
-        t = n + 1  # the CLS token
+        t = n + dims.prefix_tokens
         total += t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hidden
         nxt = tokens[i + 1] if i + 1 < len(tokens) else n
         if nxt < n:
@@ -119,7 +122,7 @@ def _geometric(rate: float, dims: ArchDims, method: str) -> tuple[int, ...]:
 def solve(ratio: float, dims: ArchDims, method: str, iterations: int) -> tuple[int, ...]:
     """The geometric schedule whose MACs (pooling included) are closest to `ratio` x dense, from below."""
     if method == "none":
-        raise InvalidArgumentError("method 'none' is dense DeiT: it has no FLOPs target")
+        raise InvalidArgumentError("method 'none' is the dense model: it has no FLOPs target")
     if not 0.0 < ratio <= 1.0:
         raise InvalidArgumentError(f"FLOPs ratio must be in (0, 1], got {ratio}")
     full = macs(dense(dims), dims, method, iterations)

@@ -5,11 +5,11 @@ does the HTTP/gRPC endpoints, health/readiness, Prometheus metrics and the dynam
 to a Python callable in this process, which runs it on a `tpdeploy.runtime` Runner (onnxruntime, TensorRT or
 PyTorch). Two models are served:
 
-- `<name>`: `images` FP32 [-1, 3, 224, 224] -> `logits` FP32 [-1, classes]; dynamic batching
-  (`max_batch_size`, `max_queue_delay_microseconds`).
+- `<name>`: `images` FP32 [-1, 3, S, S] (S: the model's input size, e.g. 224 or 384) -> `logits` FP32
+  [-1, classes]; dynamic batching (`max_batch_size`, `max_queue_delay_microseconds`).
 - `<name>_classify`: `image` BYTES [-1, 1] (JPEG/PNG/WebP files) -> `classes` INT64 [-1, 5] and `scores` FP32
-  [-1, 5] (softmax probabilities, best first), with the ImageNet evaluation preprocessing of
-  `tpdeploy.preprocess`. Triton's default scheduler: one request per execution, so a bad image fails only its
+  [-1, 5] (softmax probabilities, best first), with the model's own evaluation preprocessing (the data config
+  its file records) through `tpdeploy.preprocess`. Triton's default scheduler: one request per execution, so a bad image fails only its
   own request (PyTriton reports a callable's exception for every request of the batch it was given).
 
     from tpdeploy.serve import TritonService

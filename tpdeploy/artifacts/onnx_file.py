@@ -102,12 +102,17 @@ def model_spec(proto: onnx.ModelProto, path: str) -> ModelSpec:
 
 
 def token_pool_nodes(proto: onnx.ModelProto) -> list[dict]:
-    """Each TokenPool node of the main graph: its name and attributes (strings decoded)."""
+    """Each TokenPool node of the main graph: its name, its attributes (strings decoded) and, as "x_shape", the
+    shape of its input X [B, N, C] where the file's value_info records it (None for a dynamic or unknown size)."""
+    shapes = {v.name: v.type.tensor_type.shape for v in proto.graph.value_info}
     nodes = []
     for node in proto.graph.node:
         if node.op_type == tokenpool.OP_TYPE and node.domain == tokenpool.DOMAIN:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            nodes.append({"name": node.name, **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}})
+            shape = shapes.get(node.input[0])
+            x_shape = None if shape is None else [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+            nodes.append({"name": node.name, **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()},
+                          "x_shape": x_shape})
     return nodes
 
 

@@ -17,6 +17,8 @@ RECIPE_KEY = "tpdeploy.recipe"   # the ONNX metadata_props key holding the recip
 RECIPE_VERSION = 1
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)   # timm/data/constants.py: Google's ViT weights
+IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
 

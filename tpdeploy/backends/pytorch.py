@@ -1,4 +1,4 @@
-"""PyTorch backend: the Token-Pooled DeiT itself, or rebuilt from an exported file's recipe (an authoring tool:
+"""PyTorch backend: the Token-Pooled ViT itself, or rebuilt from an exported file's recipe (an authoring tool:
 `compare x.onnx` checks an export against the model it came from)."""
 from __future__ import annotations
 
