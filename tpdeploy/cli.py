@@ -468,7 +468,7 @@ def eval_command(model_file, data, labels, backend, device, plugin, checkpoint, 
 @click.option("--data", help="images as for `tpdeploy eval` (default: generated images, agreement with dense)")
 @click.option("--labels", help="labels file for a flat --data folder (as for `tpdeploy eval`)")
 @click.option("--limit", type=POSITIVE, help="evaluate N images, spread evenly (without --data: generate N; default "
-              "256)")
+              "200)")
 @click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
 @click.option("--batch", type=POSITIVE, default=8, show_default=True, help="batch for evaluation and timing")
 @click.option("--workers", type=POSITIVE, default=2, show_default=True, help="threads decoding images")

@@ -35,7 +35,7 @@ GENERATED = "generated"
 RESULTS_JSON, RESULTS_CSV, FIGURE, DENSE_PREDICTIONS = "results.json", "results.csv", "sweep.png", "dense_top1.npy"
 FIGURE_INCHES, FIGURE_DPI = (11.0, 4.2), 100
 RESULTS_VERSION = 1
-GENERATED_IMAGES = 256
+GENERATED_IMAGES = 200
 
 
 @dataclass
