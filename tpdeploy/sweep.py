@@ -60,7 +60,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        return "dense" if self.method == DENSE else f"{self.method} {self.ratio:g}x"
+        return point_label(self.method, self.ratio)
 
     @property
     def relative_latency(self) -> float:
@@ -70,6 +70,10 @@ class Point:
     def accuracy(self) -> tuple[float, float]:
         """What the figure plots: top-1 when there are labels, else the agreement with dense."""
         return (self.top1, self.top1_se) if self.top1 is not None else (self.agreement, self.agreement_se)
+
+
+def point_label(method: str, ratio: float | None) -> str:
+    return "dense" if method == DENSE else f"{method} {ratio:g}x"
 
 
 CSV_COLUMNS = ("method", "ratio", "flops_ratio", "gmacs", "latency_ms", "dense_latency_ms", "relative_latency",
@@ -236,16 +240,16 @@ class Sweep:
         timing_images = sample_images(plan.batch, self.dense_model.cfg.img_size,
                                       config=self.dense_model.cfg.data_config)
         dense_path = os.path.join(plan.out_dir, DENSE_PREDICTIONS)
+        if (DENSE, None) not in todo and not os.path.isfile(dense_path):
+            raise UserError(f"{dense_path} is missing (the dense model's predictions, for the agreement): remove "
+                            f"{RESULTS_JSON} too to start again")
+        dense_top1 = None if (DENSE, None) in todo else np.load(dense_path)
         with tempfile.TemporaryDirectory(prefix=".export-", dir=plan.out_dir) as folder:
             self.progress(f"dense {self.dense_model.cfg.name} on {plan.backend}")
             dense = self._runner(self.dense_model, folder)
-            if (DENSE, None) not in todo and not os.path.isfile(dense_path):
-                raise UserError(f"{dense_path} is missing (the dense model's predictions, for the agreement): remove "
-                                f"{RESULTS_JSON} too to start again")
-            dense_top1 = None if (DENSE, None) in todo else np.load(dense_path)
             for n, (method, ratio) in enumerate(todo, start=1):
                 model = self.dense_model if method == DENSE else self._model(method, ratio)
-                name = "dense" if method == DENSE else f"{method} {ratio:g}x"
+                name = point_label(method, ratio)
                 self.progress(f"point {n}/{len(todo)}: {name} ({model.macs / 1e9:.2f} GMACs)")
                 runner = dense if method == DENSE else self._runner(model, folder)
                 result = evaluate.evaluate([runner], dataset, plan.batch, plan.workers,
@@ -294,10 +298,10 @@ def draw(out_dir: str, points: list[Point], title: str) -> str:
     for p in dense:
         for ax, x in zip(axes, (p.gmacs, 1.0)):
             ax.errorbar([x], [100 * p.accuracy[0]], yerr=[100 * p.accuracy[1]], marker="*", markersize=14,
-                        color="black", linestyle="none", capsize=3, label="dense")
-    dense_ms = f", dense {dense[0].latency_ms:.1f} ms" if dense else ""
+                        color="black", linestyle="none", capsize=3,
+                        label=f"dense ({p.gmacs:.2f} GMACs, {p.latency_ms:.1f} ms per batch)")
     axes[0].set_xlabel("GMACs per image")
-    axes[1].set_xlabel(f"latency relative to dense (median, measured interleaved{dense_ms})")
+    axes[1].set_xlabel("latency / dense latency (medians, timed interleaved)")
     axes[0].set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with dense (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
