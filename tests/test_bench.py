@@ -32,6 +32,11 @@ def test_measure_refuses_settings_that_cannot_measure(kwargs, message):
         bench.measure([lambda: None], **kwargs)
 
 
+def test_measure_runs_min_rounds_past_the_duration():
+    times = bench.measure([lambda: None], warmup_ms=0, duration_s=1e-9, min_rounds=7)
+    assert len(times[0]) == 7
+
+
 def test_measure_interleaves_and_counts_rounds():
     order = []
     times = bench.measure([lambda: order.append("a"), lambda: order.append("b")], warmup_ms=0, iterations=3)

@@ -148,7 +148,8 @@ def test_exact_top1_and_top5_on_a_model_whose_predictions_are_known(colour_model
     model = report["models"][0]
     assert (model["top1"]["count"], model["top5"]["count"], model["top1"]["total"]) == (K, 2 * K, 3 * K)
     p = 1 / 3
-    assert model["top1"]["value"] == pytest.approx(p) and model["top1"]["stderr"] == pytest.approx((p * (1 - p) / (3 * K)) ** 0.5)
+    assert model["top1"]["value"] == pytest.approx(p)
+    assert model["top1"]["stderr"] == pytest.approx((p * (1 - p) / (3 * K)) ** 0.5)
     assert report["unreadable"] == 0 and report["top1_agreement"] is None
     assert f"top-1 33.33% ± 9.07% ({K}/{3 * K})" in result.stdout and "eval [" in result.stderr  # the progress bar
 

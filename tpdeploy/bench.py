@@ -53,11 +53,12 @@ class LatencyStats:
 
 
 def measure(runs, warmup_ms: float = 500.0, iterations: int | None = None, duration_s: float = 5.0,
-            progress=lambda msg: None) -> list[list[float]]:
+            progress=lambda msg: None, min_rounds: int = 1) -> list[list[float]]:
     """Time each callable in `runs`, interleaved round by round (so drift hits all alike) with the order
-    alternating; stops after `iterations` rounds, or else after `duration_s` (and at least one round). Returns
-    seconds per run. onnxruntime sessions timed together need `spinning=False` (`runtime.load`)."""
+    alternating; stops after `iterations` rounds, or else after `duration_s` and at least `min_rounds` rounds.
+    Returns seconds per run. onnxruntime sessions timed together need `spinning=False` (`runtime.load`)."""
     warmup_ms = check_number("warmup_ms", warmup_ms, minimum=0.0)
+    min_rounds = check_int("min_rounds", min_rounds, minimum=1)
     if iterations is None:
         check_number("duration_s", duration_s, minimum=0.0, exclusive=True)
     else:
@@ -71,7 +72,7 @@ def measure(runs, warmup_ms: float = 500.0, iterations: int | None = None, durat
     times = [[] for _ in runs]
     start = last_report = time.perf_counter()
     rounds = 0
-    while (rounds < iterations) if iterations else (time.perf_counter() - start < duration_s or rounds == 0):
+    while (rounds < iterations) if iterations else (time.perf_counter() - start < duration_s or rounds < min_rounds):
         order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
         for i in order:
             t0 = time.perf_counter()

@@ -226,12 +226,15 @@ def _runner(spec: str, backend: str | None, device: str, threads: int | None = N
                         spinning=spinning)
 
 
-def _runners(models: list[str], backend, device, threads, plugin, checkpoint) -> list:
-    """Runners for models that take turns in one process: onnxruntime's idle threads must not spin then, or each
-    session's would steal the cores of the one running (see `OnnxRuntimeRunner`)."""
+def _runners(models: list[str], backend, device, threads, plugin, checkpoint, sharing: str | None = None) -> list:
+    """Runners for `models`. Where they take turns in one process, or with other work (`sharing` says which),
+    onnxruntime's idle threads must not spin: they would steal the cores of what runs (see `OnnxRuntimeRunner`)."""
     if len(models) > 1:
-        progress("note: several models take turns on these cores: onnxruntime's idle-thread spinning is off")
-    return [_runner(m, backend, device, threads, plugin, checkpoint, spinning=len(models) == 1) for m in models]
+        sharing = "several models take turns on these cores"
+    runners = [_runner(m, backend, device, threads, plugin, checkpoint, spinning=not sharing) for m in models]
+    if sharing and any(r.backend.startswith("onnxruntime") for r in runners):
+        progress(f"note: {sharing}: onnxruntime's idle-thread spinning is off")
+    return runners
 
 
 def _path_of(spec: str) -> str:
@@ -271,7 +274,7 @@ def bench(model_file, backend, device, plugin, checkpoint, batch, warmup_ms, ite
     stats = [b.LatencyStats.of(t, batch) for t in times]
     click.echo(b.table(list(zip([os.path.basename(n) for n in models], stats))))
     result = {"model": model_file, "backend": runners[0].backend, "batch": batch, **stats[0].to_json(),
-              "onnxruntime_spinning": len(models) == 1, "machine": b.machine()}
+              "onnxruntime_spinning": len(runners) == 1, "machine": b.machine()}
     if baseline:
         speedup = stats[1].median / stats[0].median
         click.echo(f"speed-up vs baseline (median latency ratio): {speedup:.2f}x")
@@ -440,7 +443,8 @@ def eval_command(model_file, data, labels, backend, device, plugin, checkpoint, 
     inputs = [_path_of(m) for m in models] + [labels, checkpoint, plugin]
     if json_path:
         check_output(json_path, inputs=inputs)
-    runners = _runners(models, backend, device, threads, plugin, checkpoint)
+    runners = _runners(models, backend, device, threads, plugin, checkpoint,
+                       sharing="the decoding threads share these cores")
     if len({r.num_classes for r in runners}) > 1:
         raise UserError(f"{model_file} and {baseline} have different numbers of classes: not comparable")
     dataset = evaluate.open_dataset(data, labels, runners[0].num_classes)
@@ -474,7 +478,7 @@ def eval_command(model_file, data, labels, backend, device, plugin, checkpoint, 
 @click.option("--workers", type=POSITIVE, default=2, show_default=True, help="threads decoding images")
 @click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
 @click.option("--duration", type=Number(0.0, open=True), default=3.0, show_default=True,
-              help="seconds of interleaved timing per point")
+              help="seconds of interleaved timing per point (and 10 rounds at least)")
 @click.option("--warmup-ms", type=Number(0.0), default=300.0, show_default=True)
 @click.option("-o", "--output", "out_dir", required=True, help="folder for results.csv, results.json, sweep.png "
               "(an interrupted sweep resumes there)")

@@ -123,8 +123,8 @@ def open_dataset(root: str, labels: str | None = None, num_classes: int | None =
 
 def _note_skipped(dataset: Dataset, count: int, where: str) -> None:
     if count:
-        dataset.notes.append(f"{count} files in {where} are not images by their extension ({', '.join(IMAGE_EXTENSIONS)})"
-                             f": skipped")
+        dataset.notes.append(f"{count} files in {where} are not images by their extension "
+                             f"({', '.join(IMAGE_EXTENSIONS)}): skipped")
 
 
 def _class_folders(root: str, folders: list[str], num_classes: int | None) -> Dataset:

@@ -36,6 +36,7 @@ RESULTS_JSON, RESULTS_CSV, FIGURE, DENSE_PREDICTIONS = "results.json", "results.
 FIGURE_INCHES, FIGURE_DPI = (11.0, 4.2), 100
 RESULTS_VERSION = 1
 GENERATED_IMAGES = 200
+MIN_TIMING_ROUNDS = 10  # a median over fewer is one slow run away from another value
 
 
 @dataclass
@@ -156,9 +157,9 @@ def _load_results(out_dir: str, config: dict) -> list[Point]:
 
 def _save_results(out_dir: str, config: dict, points: list[Point]) -> None:
     """results.json and results.csv, each written whole (an interruption leaves the previous version)."""
-    write_text(os.path.join(out_dir, RESULTS_JSON), json.dumps(
-        {"version": RESULTS_VERSION, "config": config, "machine": bench.machine(), "points": [asdict(p) for p in points]},
-        indent=2) + "\n")
+    results = {"version": RESULTS_VERSION, "config": config, "machine": bench.machine(),
+               "points": [asdict(p) for p in points]}
+    write_text(os.path.join(out_dir, RESULTS_JSON), json.dumps(results, indent=2) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -264,9 +265,9 @@ class Sweep:
                 agreement = evaluate.Proportion(int((result.predictions == dense_top1).sum()), len(dense_top1))
                 calls = [lambda r=r: r.infer(timing_images) for r in ([dense] if method == DENSE else [runner, dense])]
                 self.progress(f"  timing {'alone' if method == DENSE else 'interleaved with dense'} for "
-                              f"{plan.duration_s:g} s at batch {plan.batch}")
-                stats = [bench.LatencyStats.of(t, plan.batch)
-                         for t in bench.measure(calls, plan.warmup_ms, duration_s=plan.duration_s)]
+                              f"{plan.duration_s:g} s and {MIN_TIMING_ROUNDS} rounds at least, batch {plan.batch}")
+                stats = [bench.LatencyStats.of(t, plan.batch) for t in bench.measure(
+                    calls, plan.warmup_ms, duration_s=plan.duration_s, min_rounds=MIN_TIMING_ROUNDS)]
                 top1 = result.top1
                 point = Point(method, ratio, list(model.tokens), model.macs / 1e9, model.macs / self.dense_model.macs,
                               stats[0].median, stats[-1].median, stats[0].samples, len(result.predictions),
