@@ -15,8 +15,8 @@ PERCENTILES = (90, 95, 99)
 
 
 def min_samples(percentile: float) -> int:
-    """The fewest samples from which the percentile is more than the maximum: at least one sample above it
-    (p90: 10, p95: 20, p99: 100)."""
+    """The fewest samples that resolve the percentile, i.e. leave at least one sample above it (p90: 10, p95: 20,
+    p99: 100); from fewer it would only be the maximum, or between the two slowest runs."""
     return math.ceil(100 / (100 - percentile) - 1e-9)
 
 
