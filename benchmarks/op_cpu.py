@@ -13,6 +13,27 @@ from tpdeploy import bench
 from tpdeploy.model import Block, get_config
 from tpdeploy.op import token_pool
 
+BLOCK = "DeiT-S block (dense attention)"
+
+
+def measure(batch=32, tokens=196, clusters=110, iterations=3, duration=20.0) -> dict:
+    """{name: LatencyStats} for the block and each TokenPool mode, timed interleaved."""
+    cfg = get_config("deit_small")
+    torch.manual_seed(0)
+    block = Block(cfg).eval()
+    x = torch.randn(batch, tokens + 1, cfg.embed_dim)
+    # realistic inputs: the block's own output tokens and attention significance
+    with torch.no_grad():
+        out, significance = block(x, want_significance=True)
+    patches = out[:, 1:].contiguous()
+    runs = {BLOCK: lambda: block(x)}
+    for mode, weighted in [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]:
+        name = f"TokenPool {'w' if weighted else ''}{mode}"
+        runs[name] = lambda m=mode, w=weighted: token_pool(patches, significance, clusters, iterations, m, w)
+    with torch.inference_mode():
+        times = bench.measure(list(runs.values()), warmup_ms=1000, duration_s=duration)
+    return {name: bench.LatencyStats.of(t, batch) for name, t in zip(runs, times)}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -22,28 +43,13 @@ def main():
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--duration", type=float, default=20.0)
     args = ap.parse_args()
-    cfg = get_config("deit_small")
-    torch.manual_seed(0)
-    block = Block(cfg).eval()
-    b, n, c = args.batch, args.tokens, cfg.embed_dim
-    tokens = torch.randn(b, n + 1, c)
-    # realistic inputs: the block's own output tokens and attention significance
-    with torch.no_grad():
-        out, significance = block(tokens, want_significance=True)
-    patches = out[:, 1:].contiguous()
-    runs = {"DeiT-S block (dense attention)": lambda: block(tokens)}
-    for mode, weighted in [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]:
-        name = f"TokenPool {'w' if weighted else ''}{mode}"
-        runs[name] = lambda m=mode, w=weighted: token_pool(patches, significance, args.clusters, args.iterations, m, w)
-    with torch.inference_mode():
-        times = bench.measure(list(runs.values()), warmup_ms=1000, duration_s=args.duration)
-    stats = [bench.LatencyStats.of(t, b) for t in times]
-    print(f"B={b} N={n} C={c} K={args.clusters} T={args.iterations}, torch {torch.__version__}, "
+    stats = measure(args.batch, args.tokens, args.clusters, args.iterations, args.duration)
+    print(f"B={args.batch} N={args.tokens} C=384 K={args.clusters} T={args.iterations}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {bench.machine()['cpu']}")
-    print(bench.table(list(zip(runs, stats))))
-    block_ms = stats[0].median
-    for name, s in list(zip(runs, stats))[1:]:
-        print(f"{name:<28} {s.median / block_ms:6.1%} of a block (median)")
+    print(bench.table(list(stats.items())))
+    for name, s in stats.items():
+        if name != BLOCK:
+            print(f"{name:<28} {s.median / stats[BLOCK].median:6.1%} of a block (median)")
 
 
 if __name__ == "__main__":

@@ -85,17 +85,20 @@ def test_export_prints_what_it_built(models):
 
 def test_bench_json_with_baseline(models):
     folder = models[0]
-    result = run("bench", folder / "tp.onnx", "--baseline", folder / "dense.onnx", "--batch", 2, "--iterations", 3,
+    result = run("bench", folder / "tp.onnx", "--baseline", folder / "dense.onnx", "--batch", 2, "--iterations", 12,
                  "--warmup-ms", 50, "--json", folder / "bench.json")
     assert result.returncode == 0, result.stderr
     data = json.loads((folder / "bench.json").read_text())
     assert set(data["latency_ms"]) == {"min", "mean", "median", "p90", "p95", "p99", "max"}
     lat = data["latency_ms"]
-    assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["max"]
+    assert lat["p95"] is None and lat["p99"] is None  # 12 samples resolve p90, not p95 (20) or p99 (100)
+    assert data["samples"] == data["baseline"]["samples"] == 12
     assert data["batch"] == 2 and data["backend"] == "onnxruntime-cpu" and data["machine"]["cpu_count"] >= 1
     assert data["throughput"] == pytest.approx(2e3 / lat["mean"])
     assert data["speedup"] == pytest.approx(data["baseline"]["latency_ms"]["median"] / lat["median"])
-    assert "speed-up vs baseline" in result.stdout and "p99" in result.stdout
+    assert data["onnxruntime_spinning"] is False and "spinning is off" in result.stderr
+    assert "speed-up vs baseline" in result.stdout and "n/a" in result.stdout
     os.unlink(folder / "bench.json")
 
 

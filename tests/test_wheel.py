@@ -50,7 +50,7 @@ def test_info_bench_and_runtime_without_torch(deployment_venv, tiny_onnx, tmp_pa
     bench = subprocess.run([str(tpdeploy), "bench", tiny_onnx, "--iterations", "3", "--warmup-ms", "0",
                             "--json", str(out)], capture_output=True, text=True)
     assert bench.returncode == 0, bench.stderr[-2000:]
-    assert json.loads(out.read_text())["iterations"] == 3
+    assert json.loads(out.read_text())["samples"] == 3
     code = ("import sys, numpy as np; from tpdeploy import runtime; from tpdeploy.images import sample_images; "
             "y = runtime.load(sys.argv[1]).infer(sample_images(2)); "
             "assert y.shape == (2, 1000) and 'torch' not in sys.modules; print('ok')")

@@ -1,6 +1,7 @@
 """`tpdeploy bench`: latency the way trtexec reports it, with an optional dense baseline interleaved."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -8,39 +9,60 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from tpdeploy.errors import InvalidArgumentError, check_int, check_number
+
 PERCENTILES = (90, 95, 99)
+
+
+def min_samples(percentile: float) -> int:
+    """The fewest samples that resolve the percentile, i.e. leave at least one sample above it (p90: 10, p95: 20,
+    p99: 100); from fewer it would only be the maximum, or between the two slowest runs."""
+    return math.ceil(100 / (100 - percentile) - 1e-9)
 
 
 @dataclass
 class LatencyStats:
-    """Milliseconds per batch; throughput in images per second."""
+    """Milliseconds per batch over `samples` timed runs; throughput in images per second. A percentile that
+    the samples cannot resolve (fewer than `min_samples`) is None, printed n/a."""
     min: float
     mean: float
     median: float
-    p90: float
-    p95: float
-    p99: float
+    p90: float | None
+    p95: float | None
+    p99: float | None
     max: float
     throughput: float
-    iterations: int
+    samples: int
     batch: int
 
     @classmethod
     def of(cls, seconds: list[float], batch: int) -> "LatencyStats":
+        if len(seconds) == 0:
+            raise InvalidArgumentError("no timed runs: latency statistics need at least one sample")
         ms = np.array(seconds) * 1e3
-        p = np.percentile(ms, PERCENTILES)
-        return cls(float(ms.min()), float(ms.mean()), float(np.median(ms)), float(p[0]), float(p[1]), float(p[2]),
-                   float(ms.max()), float(batch * 1e3 / ms.mean()), len(ms), batch)
+        p = [float(np.percentile(ms, q)) if len(ms) >= min_samples(q) else None for q in PERCENTILES]
+        return cls(float(ms.min()), float(ms.mean()), float(np.median(ms)), *p, float(ms.max()),
+                   float(batch * 1e3 / ms.mean()), len(ms), batch)
 
     def latency_ms(self) -> dict:
         d = asdict(self)
         return {k: d[k] for k in ("min", "mean", "median", "p90", "p95", "p99", "max")}
 
+    def to_json(self) -> dict:
+        return {"latency_ms": self.latency_ms(), "throughput": self.throughput, "samples": self.samples}
+
 
 def measure(runs, warmup_ms: float = 500.0, iterations: int | None = None, duration_s: float = 5.0,
-            progress=lambda msg: None) -> list[list[float]]:
+            progress=lambda msg: None, min_rounds: int = 1) -> list[list[float]]:
     """Time each callable in `runs`, interleaved round by round (so drift hits all alike) with the order
-    alternating; stops after `iterations` rounds, or else after `duration_s`. Returns seconds per run."""
+    alternating; stops after `iterations` rounds, or else after `duration_s` and at least `min_rounds` rounds.
+    Returns seconds per run. onnxruntime sessions timed together need `spinning=False` (`runtime.load`)."""
+    warmup_ms = check_number("warmup_ms", warmup_ms, minimum=0.0)
+    min_rounds = check_int("min_rounds", min_rounds, minimum=1)
+    if iterations is None:
+        check_number("duration_s", duration_s, minimum=0.0, exclusive=True)
+    else:
+        check_int("iterations", iterations, minimum=1)
     for i, run in enumerate(runs):
         progress(f"warming up {i + 1}/{len(runs)} for {warmup_ms:.0f} ms")
         end = time.perf_counter() + warmup_ms / 1e3
@@ -50,7 +72,7 @@ def measure(runs, warmup_ms: float = 500.0, iterations: int | None = None, durat
     times = [[] for _ in runs]
     start = last_report = time.perf_counter()
     rounds = 0
-    while (rounds < iterations) if iterations else (time.perf_counter() - start < duration_s or rounds == 0):
+    while (rounds < iterations) if iterations else (time.perf_counter() - start < duration_s or rounds < min_rounds):
         order = range(len(runs)) if rounds % 2 == 0 else reversed(range(len(runs)))
         for i in order:
             t0 = time.perf_counter()
@@ -76,10 +98,13 @@ def machine() -> dict:
 
 def table(rows: list[tuple[str, LatencyStats]]) -> str:
     """trtexec-like summary, one row per model."""
-    head = f"{'model':<28}{'batch':>6}{'min':>9}{'mean':>9}{'median':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}{'img/s':>10}"
+    head = (f"{'model':<28}{'batch':>6}{'samples':>8}{'min':>9}{'mean':>9}{'median':>9}{'p90':>9}{'p95':>9}"
+            f"{'p99':>9}{'max':>9}{'img/s':>10}")
     lines = [head, "-" * len(head)]
     for name, s in rows:
-        lines.append(f"{name[:27]:<28}{s.batch:>6}{s.min:>9.2f}{s.mean:>9.2f}{s.median:>9.2f}{s.p90:>9.2f}"
-                     f"{s.p95:>9.2f}{s.p99:>9.2f}{s.max:>9.2f}{s.throughput:>10.1f}")
-    lines.append("latencies in ms per batch")
+        p = "".join(f"{'n/a' if v is None else f'{v:.2f}':>9}" for v in (s.p90, s.p95, s.p99))
+        lines.append(f"{name[:27]:<28}{s.batch:>6}{s.samples:>8}{s.min:>9.2f}{s.mean:>9.2f}{s.median:>9.2f}{p}"
+                     f"{s.max:>9.2f}{s.throughput:>10.1f}")
+    lines.append(f"latencies in ms per batch; p{'/p'.join(map(str, PERCENTILES))} need at least "
+                 f"{'/'.join(str(min_samples(q)) for q in PERCENTILES)} samples (n/a: fewer)")
     return "\n".join(lines)

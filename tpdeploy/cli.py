@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import click
 
@@ -220,14 +221,26 @@ def export(output, dtype, batch, opset, **model_args):
 
 
 def _runner(spec: str, backend: str | None, device: str, threads: int | None = None, plugin: str | None = None,
-            checkpoint: str | None = None):
+            checkpoint: str | None = None, spinning: bool = True):
     """A model reference: a path, optionally prefixed by its backend (ort:, trt:, torch:)."""
     from tpdeploy import runtime
     prefix, _, rest = spec.partition(":")
     if rest and prefix in runtime.BACKENDS:
         backend, spec = prefix, rest
     progress(f"loading {spec} ({backend or runtime.default_backend(spec)}, {device})")
-    return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads, checkpoint=checkpoint)
+    return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads, checkpoint=checkpoint,
+                        spinning=spinning)
+
+
+def _runners(models: list[str], backend, device, threads, plugin, checkpoint, sharing: str | None = None) -> list:
+    """Runners for `models`. Where they take turns in one process, or with other work (`sharing` says which),
+    onnxruntime's idle threads must not spin: they would steal the cores of what runs (see `OnnxRuntimeRunner`)."""
+    if len(models) > 1:
+        sharing = "several models take turns on these cores"
+    runners = [_runner(m, backend, device, threads, plugin, checkpoint, spinning=not sharing) for m in models]
+    if sharing and any(r.backend.startswith("onnxruntime") for r in runners):
+        progress(f"note: {sharing}: onnxruntime's idle-thread spinning is off")
+    return runners
 
 
 def _path_of(spec: str) -> str:
@@ -257,7 +270,7 @@ def bench(model_file, backend, device, plugin, checkpoint, batch, warmup_ms, ite
     models = [model_file] + ([baseline] if baseline else [])
     if json_path:
         check_output(json_path, inputs=[_path_of(m) for m in models] + [checkpoint, plugin])
-    runners = [_runner(m, backend, device, threads, plugin, checkpoint) for m in models]
+    runners = _runners(models, backend, device, threads, plugin, checkpoint)
     images = sample_images(batch, runners[0].image_size, config=runners[0].data_config)
     for r in runners:
         r.check_input(images)
@@ -266,12 +279,12 @@ def bench(model_file, backend, device, plugin, checkpoint, batch, warmup_ms, ite
     times = b.measure(calls, warmup_ms, iterations, duration, progress)
     stats = [b.LatencyStats.of(t, batch) for t in times]
     click.echo(b.table(list(zip([os.path.basename(n) for n in models], stats))))
-    result = {"model": model_file, "backend": runners[0].backend, "batch": batch, "latency_ms": stats[0].latency_ms(),
-              "throughput": stats[0].throughput, "iterations": stats[0].iterations, "machine": b.machine()}
+    result = {"model": model_file, "backend": runners[0].backend, "batch": batch, **stats[0].to_json(),
+              "onnxruntime_spinning": len(runners) == 1, "machine": b.machine()}
     if baseline:
         speedup = stats[1].median / stats[0].median
         click.echo(f"speed-up vs baseline (median latency ratio): {speedup:.2f}x")
-        result["baseline"] = {"model": baseline, "latency_ms": stats[1].latency_ms(), "throughput": stats[1].throughput}
+        result["baseline"] = {"model": baseline, **stats[1].to_json()}
         result["speedup"] = speedup
     if json_path:
         write_json(json_path, result, inputs=[_path_of(m) for m in models])
@@ -426,3 +439,109 @@ def archs(as_json):
                    f"{r['gmacs_dense']:>7.2f}  {size:<16} {norm:<37} {r['timm'].partition('.')[2]:<22} {presets_here}")
     click.echo("tokens: prefix (CLS, distillation) + patch tokens; input: size, resize interpolation, crop_pct; the "
                "data config is that of timm's weights `<timm name>.<tag>` (`--json` has every field)")
+
+
+class ProgressBar:
+    """`done/total` on stderr: redrawn in place on a terminal, one line every few seconds in a log."""
+
+    def __init__(self, label: str, every_s: float = 5.0):
+        self.label, self.every_s = label, every_s
+        self.tty = sys.stderr.isatty()
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int, unreadable: int = 0) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < (0.2 if self.tty else self.every_s):
+            return
+        self.last = now
+        filled = 30 * done // max(total, 1)
+        text = (f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} images, "
+                f"{done / max(now - self.start, 1e-9):.1f}/s, {unreadable} unreadable")
+        click.echo("\r" + text if self.tty else text, err=True, nl=not self.tty or done >= total)
+
+
+@main.command("eval")
+@click.argument("model_file")
+@click.option("--data", required=True, help="class folders (ImageNet synset folders too), or a flat folder of images")
+@click.option("--labels", help="for a flat --data folder: a file,label CSV, an ImageId,PredictionString CSV, or the "
+              "ILSVRC2012 devkit's validation ground truth (with meta.mat beside it) or devkit folder")
+@backend_options
+@click.option("--batch", type=POSITIVE, help="images per inference call (default 16, or the file's fixed batch)")
+@click.option("--workers", type=POSITIVE, default=2, show_default=True, help="threads decoding images")
+@click.option("--limit", type=POSITIVE, help="evaluate N images, spread evenly over the folder")
+@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
+@click.option("--baseline", help="a second model (e.g. dense DeiT) on the same images: its accuracy and the two "
+              "models' top-1 agreement")
+@click.option("--json", "json_path", help="also write the results to this JSON file")
+def eval_command(model_file, data, labels, backend, device, plugin, checkpoint, batch, workers, limit, threads,
+                 baseline, json_path):
+    """Top-1 and top-5 accuracy (with standard errors) of MODEL_FILE on --data, preprocessed as recorded in the
+    file; with --baseline, both models on the same images and their top-1 agreement."""
+    from tpdeploy import evaluate
+    from tpdeploy.artifacts.files import check_output
+    from tpdeploy.bench import machine
+    models = [model_file] + ([baseline] if baseline else [])
+    inputs = [_path_of(m) for m in models] + [labels, checkpoint, plugin]
+    if json_path:
+        check_output(json_path, inputs=inputs)
+    runners = _runners(models, backend, device, threads, plugin, checkpoint,
+                       sharing="the decoding threads share these cores")
+    if len({r.num_classes for r in runners}) > 1:
+        raise UserError(f"{model_file} and {baseline} have different numbers of classes: not comparable")
+    dataset = evaluate.open_dataset(data, labels, runners[0].num_classes)
+    if limit:
+        dataset = dataset.subset(limit)
+    if dataset.labels is None and not baseline:
+        raise UserError(f"--data {data} has no labels (no class folders, no --labels): give --baseline MODEL to "
+                        f"measure the top-1 agreement of two models")
+    batch = batch or min([16] + [r.max_batch for r in runners if r.max_batch])
+    progress(f"evaluating {len(dataset)} images of {data} ({dataset.layout})")
+    report = evaluate.evaluate(runners, dataset, batch, workers, names=[os.path.basename(_path_of(m)) for m in models],
+                               progress=ProgressBar("eval"))
+    click.echo(report.format())
+    if json_path:
+        write_json(json_path, {"model": model_file, "baseline": baseline, **report.to_json(), "machine": machine()},
+                   inputs=inputs)
+
+
+@main.command()
+@click.option("--arch", default=DEFAULT_ARCH, show_default=True, help="the architecture to sweep")
+@click.option("--checkpoint", help="timm/DeiT state dict (default: seeded-random weights)")
+@click.option("--methods", default="wkmedoids,kmedoids,topk,grid", show_default=True,
+              help="pooling methods, comma-separated")
+@click.option("--ratios", default="0.45,0.58,0.75", show_default=True, help="FLOPs ratios, comma-separated")
+@click.option("--data", help="images as for `tpdeploy eval` (default: generated images, agreement with dense)")
+@click.option("--labels", help="labels file for a flat --data folder (as for `tpdeploy eval`)")
+@click.option("--limit", type=POSITIVE, help="evaluate N images, spread evenly (without --data: generate N; default "
+              "200)")
+@click.option("--backend", type=click.Choice(["ort", "torch"]), default="ort", show_default=True)
+@click.option("--batch", type=POSITIVE, default=8, show_default=True, help="batch for evaluation and timing")
+@click.option("--workers", type=POSITIVE, default=2, show_default=True, help="threads decoding images")
+@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
+@click.option("--duration", type=Number(0.0, open=True), default=3.0, show_default=True,
+              help="seconds of interleaved timing per point (and 10 rounds at least)")
+@click.option("--warmup-ms", type=Number(0.0), default=300.0, show_default=True)
+@click.option("-o", "--output", "out_dir", required=True, help="folder for results.csv, results.json, sweep.png "
+              "(an interrupted sweep resumes there)")
+def sweep(arch, checkpoint, methods, ratios, data, labels, limit, backend, batch, workers, threads, duration,
+          warmup_ms, out_dir):
+    """Accuracy against GMACs and measured latency for every pooling method and FLOPs ratio, and dense: the
+    paper's comparison on your data and hardware."""
+    from tpdeploy.optional import lazy_import
+    stage = lazy_import("tpdeploy.sweep", "sweep")
+    plan = stage.SweepPlan(arch, checkpoint, stage.parse_list("methods", methods, str),
+                           stage.parse_list("ratios", ratios, float), out_dir, data=data, labels=labels, limit=limit,
+                           backend=backend, batch=batch, workers=workers, threads=threads, duration_s=duration,
+                           warmup_ms=warmup_ms)
+    job = stage.Sweep(plan, progress)
+    if job.dense_model.checkpoint is None:
+        progress(f"note: no --checkpoint given: {job.dense_model.cfg.name} has seeded-random weights (seed "
+                 f"{job.dense_model.seed})")
+    for point in job.run(progress_bar=ProgressBar):
+        acc, se = point.accuracy
+        progress(f"  {point.label}: {point.gmacs:.2f} GMACs, {point.relative_latency:.2f}x dense latency, "
+                 f"{'top-1' if point.top1 is not None else 'agreement'} {acc:.1%} ± {se:.1%}")
+    figure = job.draw()
+    click.echo(stage.format_points(job.points))
+    click.echo(f"wrote {os.path.join(out_dir, stage.RESULTS_CSV)}, {os.path.join(out_dir, stage.RESULTS_JSON)} and "
+               f"{figure}")

@@ -7,6 +7,7 @@
     tpdeploy[export]    torch, onnxscript     create models, export them, the torch backend
     tpdeploy[serve]     PyTriton, tritonclient, Pillow
     tpdeploy[tensorrt]  tensorrt, cuda-bindings
+    tpdeploy[eval]      Pillow, matplotlib, scipy   eval and sweep (scipy: the ILSVRC2012 devkit's meta.mat)
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ _PROVIDERS = {
     "onnxscript": ("onnxscript", "pip install 'tpdeploy[export]'"),
     "safetensors": ("safetensors", "pip install 'tpdeploy[export]'"),
     "onnxruntime": ("onnxruntime", "pip install 'tpdeploy[cpu]' (or 'tpdeploy[gpu]' for onnxruntime-gpu)"),
-    "PIL": ("Pillow", "pip install 'tpdeploy[serve]'"),
+    "PIL": ("Pillow", "pip install 'tpdeploy[eval]' (or 'tpdeploy[serve]')"),
     "pytriton": ("PyTriton (nvidia-pytriton, which ships Triton Inference Server)", "pip install 'tpdeploy[serve]'"),
     "tritonclient": ("tritonclient", "pip install 'tpdeploy[serve]'"),
     "google": ("protobuf (with tritonclient)", "pip install 'tpdeploy[serve]'"),
     "tensorrt": ("TensorRT >= 10.7", "pip install 'tpdeploy[tensorrt]' on a machine with an NVIDIA GPU and driver"),
     "cuda": ("cuda-bindings", "pip install 'tpdeploy[tensorrt]' (and an NVIDIA driver)"),
     "matplotlib": ("matplotlib", "pip install 'tpdeploy[eval]'"),
+    "scipy": ("scipy", "pip install 'tpdeploy[eval]'"),
 }
 
 

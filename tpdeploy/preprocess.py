@@ -11,7 +11,8 @@ recorded at export): resize to floor(input_size / crop_pct) with the config's in
 crop_mode 'center', both sides for 'squash'), take the central input_size square, scale to [0, 1], normalise
 with the config's mean and std. Rounding follows torchvision's `Resize` and `CenterCrop` on PIL images. DeiT's
 config is bicubic with crop_pct 0.9 (resize 248 for 224); timm's 384 px ViTs take crop_pct 1.0 (resize 384) and
-mean = std = 0.5 (`tpdeploy archs` shows each architecture's). Needs Pillow (`pip install 'tpdeploy[serve]'`).
+mean = std = 0.5 (`tpdeploy archs` shows each architecture's). Needs Pillow (`pip install 'tpdeploy[serve]'` or
+`'tpdeploy[eval]'`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tpdeploy.errors import InvalidArgumentError, UserError, one_line
 from tpdeploy.optional import lazy_import
 
 FORMATS = ("JPEG", "PNG", "WEBP")
+GREY_16BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit greyscale PNGs
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (decompression bombs)
 
 
@@ -41,8 +43,9 @@ def decode_image(data: bytes):
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Exception as e:  # noqa: BLE001 - Pillow raises several types for bad data
-        raise UserError(f"cannot decode image ({len(data)} bytes): not a {'/'.join(FORMATS)} image "
-                        f"({one_line(e)})") from None
+        # UnidentifiedImageError's own text only names the in-memory file object
+        detail = "" if type(e).__name__ == "UnidentifiedImageError" else f" ({one_line(e)})"
+        raise UserError(f"cannot decode image ({len(data)} bytes): not a {'/'.join(FORMATS)} image{detail}") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise UserError(f"image too large: {w}x{h} pixels (at most {MAX_PIXELS} pixels)")
@@ -50,6 +53,8 @@ def decode_image(data: bytes):
         raise UserError(f"image has no pixels: {w}x{h}")
     try:
         img.load()
+        if img.mode in GREY_16BIT:  # convert() would clip at 255; keep the high byte, as Pillow does for 16-bit RGB
+            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
         return img.convert("RGB")
     except Exception as e:  # noqa: BLE001 - truncated or corrupt image data
         raise UserError(f"cannot decode {img.format} image ({len(data)} bytes): {one_line(e)}") from None

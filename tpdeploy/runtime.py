@@ -29,8 +29,10 @@ def default_backend(path: str) -> str:
 
 
 def load(path: str, backend: str | None = None, device: str = "cpu", plugin: str | None = None,
-         threads: int | None = None, checkpoint: str | None = None) -> Runner:
-    """A runner for `path`: backend 'ort' (ONNX on onnxruntime), 'trt' (TensorRT engine) or 'torch'."""
+         threads: int | None = None, checkpoint: str | None = None, spinning: bool = True) -> Runner:
+    """A runner for `path`: backend 'ort' (ONNX on onnxruntime), 'trt' (TensorRT engine) or 'torch'.
+    `spinning=False`: onnxruntime's idle threads sleep instead of busy-waiting (for models that take turns on
+    the same cores; see `OnnxRuntimeRunner`)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentError(f"path must be a file path, got {path!r}")
     path = os.fspath(path)
@@ -44,7 +46,7 @@ def load(path: str, backend: str | None = None, device: str = "cpu", plugin: str
         raise UserError(f"the {backend} backend runs ONNX files; {path} is a TensorRT engine (use backend 'trt')")
     if backend == "ort":
         from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
-        return OnnxRuntimeRunner(path, device=device, threads=threads)
+        return OnnxRuntimeRunner(path, device=device, threads=threads, spinning=spinning)
     if backend == "trt":
         if file_format(path) != ENGINE:
             raise UserError(f"the trt backend runs engines; build one from {path} with `tpdeploy build-engine`")

@@ -10,7 +10,10 @@ from tpdeploy.optional import lazy_import
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str, device: str = "cpu", threads: int | None = None, spinning: bool = True):
+        """`spinning`: whether idle intra-op threads busy-wait for the next run (onnxruntime's default: the lowest
+        latency for a session alone). Sessions that take turns on the same cores, as `bench --baseline` times
+        them, must not spin: each one's idle threads would steal the cores the other one is running on."""
         ort = lazy_import("onnxruntime", "running ONNX files")
         model = OnnxFile.open(path, load_external_data=False)
         self.spec, self.recipe = model.spec, model.recipe
@@ -24,6 +27,7 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = check_int("threads", threads, minimum=1)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for a bad file

@@ -1,0 +1,453 @@
+"""`tpdeploy eval`: top-1/top-5 accuracy of model files on a folder of images, on the backend that will run them.
+
+    dataset = open_dataset("val/", labels=None, num_classes=1000)      # the layout is recognised (below)
+    report = evaluate([runtime.load("tp.onnx"), runtime.load("dense.onnx")], dataset, batch=16, workers=2)
+
+Layouts of `--data DIR`:
+- class folders (torchvision's ImageFolder): one folder per class, classes in sorted name order; their count must
+  be the model's. Folders named by ImageNet synsets (n01440764, ...) of a 1000-class model index the standard
+  ImageNet order instead (the sorted 1000 synsets, `imagenet_synsets()`), so a subset of the classes works.
+- a flat folder with a labels file (`--labels`): a `file,label` CSV (label: a class index or a synset), the
+  `ImageId,PredictionString` CSV of the Kaggle ImageNet copies (first synset of each row), or the ILSVRC2012
+  devkit's `ILSVRC2012_validation_ground_truth.txt` (line i: the class of ILSVRC2012_val_{i:08d}.JPEG), whose
+  class IDs follow the devkit's own order: they are mapped through the devkit's `meta.mat` (beside it, as in
+  `ILSVRC2012_devkit_t12/data/`; read with scipy) to the sorted-synset index. `--labels` may also be the devkit
+  folder itself.
+- a flat folder of plain images and no labels: only the top-1 agreement between two models is measured.
+
+Images are decoded and preprocessed with each model's recorded data config (`runner.data_config`) by a pool of
+threads (Pillow and numpy release the GIL) while the models run on earlier batches. An image that cannot be
+read or decoded is counted and reported, never fatal. Accuracies carry their binomial standard error.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import functools
+import math
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+from tpdeploy.artifacts.recipe import DataConfig
+from tpdeploy.errors import UserError, check_int, one_line
+from tpdeploy.optional import lazy_import
+from tpdeploy.preprocess import decode_image, normalize, resize_center_crop
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+SYNSET = re.compile(r"n\d{8}")
+IMAGENET_CLASSES = 1000
+DEVKIT_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+DEVKIT_META = "meta.mat"
+TOP_K = 5
+
+
+@functools.cache
+def imagenet_synsets() -> tuple[str, ...]:
+    """The 1000 ILSVRC2012 synsets in the standard class-index order (sorted; timm's and torchvision's)."""
+    text = resources.files("tpdeploy").joinpath("imagenet_synsets.txt").read_text()
+    return tuple(text.split())
+
+
+def synset_index(synset: str, where: str) -> int:
+    try:
+        return _synset_indices()[synset]
+    except KeyError:
+        raise UserError(f"{where}: {synset} is not one of the 1000 ILSVRC2012 synsets") from None
+
+
+@functools.cache
+def _synset_indices() -> dict[str, int]:
+    return {s: i for i, s in enumerate(imagenet_synsets())}
+
+
+@dataclass
+class Dataset:
+    root: str
+    layout: str                       # how the labels were found, for the report
+    paths: list[str]                  # image files, in evaluation order
+    labels: list[int] | None          # class index per image; None: no labels (agreement only)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
+
+    def __len__(self):
+        return len(self.paths)
+
+    def subset(self, limit: int) -> "Dataset":
+        """`limit` images spread evenly over the whole list (every len/limit-th), so that a sorted class-folder
+        layout keeps all its classes."""
+        limit = check_int("limit", limit, minimum=1)
+        if limit >= len(self.paths):
+            return self
+        keep = [i * len(self.paths) // limit for i in range(limit)]
+        return Dataset(self.root, self.layout, [self.paths[i] for i in keep],
+                       None if self.labels is None else [self.labels[i] for i in keep],
+                       self.notes + [f"--limit {limit}: every {len(self.paths) / limit:.3g}th of "
+                                     f"{len(self.paths)} images"])
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def open_dataset(root: str, labels: str | None = None, num_classes: int | None = None) -> Dataset:
+    """The images under `root` and their labels (see the module's docstring for the layouts). `num_classes` is the
+    model's: a layout that does not fit it is refused."""
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root}: not a folder")
+    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
+    folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    if labels is not None:
+        dataset = _with_labels_file(root, entries, labels)
+    elif folders:
+        dataset = _class_folders(root, folders, num_classes)
+        loose = [e for e in entries if e not in folders]
+        if loose:
+            dataset.notes.append(f"{len(loose)} files beside the class folders are not evaluated (e.g. {loose[0]})")
+    else:
+        images = [e for e in entries if is_image_name(e)]
+        dataset = Dataset(root, "unlabelled images", [os.path.join(root, e) for e in images], None)
+        _note_skipped(dataset, len(entries) - len(images), root)
+    if not dataset.paths:
+        raise UserError(f"--data {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files"
+                        f"{' with a label' if labels else ''})")
+    if dataset.labels is not None and num_classes is not None and max(dataset.labels) >= num_classes:
+        raise UserError(f"{labels or root}: class index {max(dataset.labels)} is out of range for a model with "
+                        f"{num_classes} classes")
+    return dataset
+
+
+def _note_skipped(dataset: Dataset, count: int, where: str) -> None:
+    if count:
+        dataset.notes.append(f"{count} files in {where} are not images by their extension "
+                             f"({', '.join(IMAGE_EXTENSIONS)}): skipped")
+
+
+def _class_folders(root: str, folders: list[str], num_classes: int | None) -> Dataset:
+    imagenet = num_classes == IMAGENET_CLASSES and all(SYNSET.fullmatch(f) for f in folders)
+    if imagenet:
+        indices = [synset_index(f, root) for f in folders]
+        layout = f"ImageNet synset folders ({len(folders)} of the 1000 classes)"
+    else:
+        if num_classes is not None and len(folders) != num_classes:
+            raise UserError(f"--data {root} has {len(folders)} class folders but the model has {num_classes} classes "
+                            f"(class folders map to class indices in sorted order; give --labels for another mapping)")
+        indices = list(range(len(folders)))
+        layout = f"class folders ({len(folders)} classes, in sorted order)"
+    dataset = Dataset(root, layout, [], [])
+    skipped = 0
+    for folder, index in zip(folders, indices):
+        for dirpath, dirnames, files in os.walk(os.path.join(root, folder)):
+            dirnames.sort()
+            for name in sorted(files):
+                if is_image_name(name):
+                    dataset.paths.append(os.path.join(dirpath, name))
+                    dataset.labels.append(index)
+                else:
+                    skipped += 1
+    _note_skipped(dataset, skipped, "the class folders")
+    return dataset
+
+
+def _with_labels_file(root: str, entries: list[str], labels: str) -> Dataset:
+    """A flat folder whose images are named in a labels file; images without a label and labels without an image
+    are left out (and counted)."""
+    if os.path.isdir(labels):
+        labels = _devkit_ground_truth(labels)
+    if not os.path.isfile(labels):
+        raise UserError(f"--labels {labels}: file not found")
+    try:
+        with open(labels, encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read --labels {labels}: {one_line(e)}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"--labels {labels} is empty")
+    if all(line.isdigit() for line in lines):
+        layout, by_name = "ILSVRC2012 devkit ground truth (devkit class IDs mapped through meta.mat)", \
+            _read_devkit(labels, lines)
+    else:
+        rows = [r for r in csv.reader(lines) if r]
+        if [c.strip() for c in rows[0][:2]] == ["ImageId", "PredictionString"]:
+            layout, by_name = "ImageId,PredictionString synset CSV", _read_solution_csv(labels, rows[1:])
+        else:
+            layout, by_name = "file,label CSV", _read_file_label_csv(labels, rows)
+    images = [e for e in entries if is_image_name(e)]
+    dataset = Dataset(root, layout, [], [])
+    unlabelled = 0
+    for name in images:
+        label = by_name.get(name, by_name.get(os.path.splitext(name)[0]))
+        if label is None:
+            unlabelled += 1
+        else:
+            dataset.paths.append(os.path.join(root, name))
+            dataset.labels.append(label)
+    if unlabelled:
+        dataset.notes.append(f"{unlabelled} images in {root} have no label in {labels}: not evaluated")
+    if len(by_name) > len(dataset.paths):
+        dataset.notes.append(f"{len(by_name) - len(dataset.paths)} labelled files of {labels} are not in {root}")
+    _note_skipped(dataset, len([e for e in entries if not is_image_name(e)]), root)
+    return dataset
+
+
+def _label_index(value: str, where: str) -> int:
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    if SYNSET.fullmatch(value):
+        return synset_index(value, where)
+    raise UserError(f"{where}: label {value!r} is neither a class index nor an ImageNet synset")
+
+
+def _read_file_label_csv(path: str, rows: list[list[str]]) -> dict[str, int]:
+    """`file,label` rows; a first row whose label is no label is a header."""
+    first = rows[0][1].strip() if len(rows[0]) > 1 else "0"
+    if not (first.isdigit() or SYNSET.fullmatch(first)):
+        rows = rows[1:]
+    out = {}
+    for i, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise UserError(f"{path}: row {i} is not `file,label`: {','.join(row)!r}")
+        out[row[0].strip()] = _label_index(row[1], f"{path} row {i}")
+    return out
+
+
+def _read_solution_csv(path: str, rows: list[list[str]]) -> dict[str, int]:
+    """Kaggle's LOC_val_solution.csv: ImageId (no extension), then synset and box, repeated per object."""
+    out = {}
+    for i, row in enumerate(rows, start=2):
+        words = row[1].split() if len(row) > 1 else []
+        if not words:
+            raise UserError(f"{path}: line {i} has no PredictionString")
+        out[row[0].strip()] = _label_index(words[0], f"{path} line {i}")
+    return out
+
+
+def _devkit_ground_truth(folder: str) -> str:
+    for candidate in (os.path.join(folder, "data", DEVKIT_GROUND_TRUTH), os.path.join(folder, DEVKIT_GROUND_TRUTH)):
+        if os.path.isfile(candidate):
+            return candidate
+    raise UserError(f"--labels {folder}: a folder, but not the ILSVRC2012 devkit (no data/{DEVKIT_GROUND_TRUTH})")
+
+
+def _read_devkit(path: str, lines: list[str]) -> dict[str, int]:
+    meta = os.path.join(os.path.dirname(os.path.abspath(path)), DEVKIT_META)
+    ids = devkit_class_ids(meta)
+    out = {}
+    for i, line in enumerate(lines, start=1):
+        if int(line) not in ids:
+            raise UserError(f"{path} line {i}: class ID {line} is not an ILSVRC2012_ID of {meta}")
+        out[f"ILSVRC2012_val_{i:08d}"] = ids[int(line)]
+    return out
+
+
+def devkit_class_ids(meta_path: str) -> dict[int, int]:
+    """ILSVRC2012_ID (the devkit's 1-based class numbering) -> the standard class index, from the devkit's
+    meta.mat (its `synsets` struct array; the 1000 leaf classes are the entries with IDs 1..1000)."""
+    if not os.path.isfile(meta_path):
+        raise UserError(f"the devkit ground truth needs the devkit's {DEVKIT_META} beside it: {meta_path} not found")
+    loadmat = lazy_import("scipy.io", "reading the ILSVRC2012 devkit's meta.mat").loadmat
+    try:
+        synsets = loadmat(meta_path, squeeze_me=True)["synsets"]
+        pairs = [(int(s["ILSVRC2012_ID"]), str(s["WNID"])) for s in np.atleast_1d(synsets)]
+    except Exception as e:  # noqa: BLE001 - scipy raises several types for a foreign or corrupt file
+        raise UserError(f"cannot read {meta_path} as the ILSVRC2012 devkit's meta.mat: {one_line(e)}") from None
+    return {class_id: synset_index(wnid, meta_path) for class_id, wnid in pairs if 1 <= class_id <= IMAGENET_CLASSES}
+
+
+# -- decoding, in parallel with inference --
+
+def _prepare(path: str, configs: list[DataConfig]) -> list[np.ndarray]:
+    """The image at `path` as each config's model input [3, S, S]; UserError if it cannot be read or decoded."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read: {e.strerror}") from None
+    img = decode_image(data)
+    return [normalize(np.asarray(resize_center_crop(img, c), dtype=np.float32) / 255.0, c) for c in configs]
+
+
+@dataclass
+class Batch:
+    indices: list[int]                 # positions in the dataset of the images in this batch
+    inputs: list[np.ndarray]           # one [B, 3, S, S] array per config
+    unreadable: list[tuple[int, str]]  # (position, reason) of the images skipped since the previous batch
+
+
+def decoded_batches(paths: list[str], configs: list[DataConfig], batch: int, workers: int):
+    """Batches of decoded images in dataset order; `workers` threads decode ahead (a few batches at most)."""
+    window = max(2 * batch, 4 * workers)
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tpdeploy-decode")
+    pending: deque = deque()
+    try:
+        next_path = 0
+        indices, inputs, unreadable = [], [], []
+        while pending or next_path < len(paths):
+            while next_path < len(paths) and len(pending) < window:
+                pending.append((next_path, pool.submit(_prepare, paths[next_path], configs)))
+                next_path += 1
+            i, future = pending.popleft()
+            try:
+                arrays = future.result()
+            except UserError as e:
+                unreadable.append((i, str(e)))
+            else:
+                indices.append(i)
+                inputs.append(arrays)
+            if len(indices) == batch or (not pending and next_path == len(paths) and (indices or unreadable)):
+                yield Batch(indices, [np.stack(a) for a in zip(*inputs)] if inputs else [], unreadable)
+                indices, inputs, unreadable = [], [], []
+    finally:  # on an interruption: no more decoding than the images already started
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- accuracy --
+
+@dataclass
+class Proportion:
+    count: int
+    total: int
+
+    @property
+    def value(self) -> float:
+        return self.count / self.total if self.total else math.nan
+
+    @property
+    def stderr(self) -> float:
+        """Binomial standard error sqrt(p (1 - p) / n)."""
+        p = self.value
+        return math.sqrt(p * (1 - p) / self.total) if self.total else math.nan
+
+    def describe(self) -> str:
+        return f"{self.value:.2%} ± {self.stderr:.2%} ({self.count}/{self.total})"
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "stderr": self.stderr, "count": self.count, "total": self.total}
+
+
+@dataclass
+class ModelResult:
+    name: str
+    backend: str
+    top1: Proportion | None           # None without labels
+    top5: Proportion | None
+    inference_s: float                # time in runner.infer, summed over batches
+    predictions: np.ndarray           # top-1 class per evaluated image
+
+
+@dataclass
+class EvalReport:
+    data: str
+    layout: str
+    batch: int
+    workers: int
+    images: int                       # evaluated (readable) images
+    unreadable: list[tuple[str, str]]  # (path, reason)
+    notes: list[str]
+    seconds: float                    # wall time of decoding and inference together
+    models: list[ModelResult]
+    agreement: Proportion | None      # top-1 agreement of the first model with the second (the baseline)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else math.nan
+
+    def to_json(self) -> dict:
+        def model(m: ModelResult) -> dict:
+            return {"model": m.name, "backend": m.backend, "top1": m.top1 and m.top1.to_json(),
+                    "top5": m.top5 and m.top5.to_json(),
+                    "inference_images_per_s": self.images / m.inference_s if m.inference_s > 0 else None}
+        return {"data": self.data, "layout": self.layout, "images": self.images, "batch": self.batch,
+                "workers": self.workers, "unreadable": len(self.unreadable),
+                "unreadable_files": [{"path": p, "reason": r} for p, r in self.unreadable], "notes": self.notes,
+                "seconds": self.seconds, "images_per_s": self.images_per_s,
+                "models": [model(m) for m in self.models],
+                "top1_agreement": self.agreement and self.agreement.to_json()}
+
+    def format(self) -> str:
+        lines = [f"{self.images} images of {self.data} ({self.layout}), batch {self.batch}, {self.workers} decode "
+                 f"workers; ± is the standard error"]
+        for m in self.models:
+            accuracy = (f"top-1 {m.top1.describe()}   top-5 {m.top5.describe()}" if m.top1 else "no labels")
+            lines.append(f"  {m.name} ({m.backend}): {accuracy}")
+        if self.agreement:
+            lines.append(f"  top-1 agreement {self.models[0].name} vs {self.models[1].name}: "
+                         f"{self.agreement.describe()}")
+        inference = ", ".join(f"{m.name} {self.images / m.inference_s:.1f}" for m in self.models if m.inference_s > 0)
+        lines.append(f"  {self.images_per_s:.1f} images/s end to end (decoding in parallel); inference alone: "
+                     f"{inference} images/s")
+        lines.append(f"  unreadable images: {len(self.unreadable)} (not counted)")
+        lines += [f"    {path}: {reason}" for path, reason in self.unreadable[:10]]
+        if len(self.unreadable) > 10:
+            lines.append(f"    ... and {len(self.unreadable) - 10} more (all in --json)")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _infer(runner, images: np.ndarray) -> np.ndarray:
+    """Logits for `images`, padded up to the runner's smallest batch (a fixed-batch file) and cut back."""
+    n = len(images)
+    if n < runner.min_batch:
+        images = np.concatenate([images, np.zeros((runner.min_batch - n, *images.shape[1:]), images.dtype)])
+    return runner.infer(images)[:n]
+
+
+def check_batch(runners, batch: int) -> int:
+    batch = check_int("batch", batch, minimum=1)
+    for r in runners:
+        if r.max_batch is not None and batch > r.max_batch:
+            raise UserError(f"--batch {batch} is larger than {r.describe()} accepts (at most {r.max_batch})")
+    return batch
+
+
+def evaluate(runners, dataset: Dataset, batch: int, workers: int = 2, names=None,
+             progress=lambda done, total, unreadable: None) -> EvalReport:
+    """Top-1/top-5 of each runner on the same images (and the first one's top-1 agreement with the second)."""
+    if not runners:
+        raise UserError("no model to evaluate")
+    batch, workers = check_batch(runners, batch), check_int("workers", workers, minimum=1)
+    names = names or [r.describe() for r in runners]
+    configs = list(dict.fromkeys(r.data_config for r in runners))  # decode once, preprocess once per config
+    which = [configs.index(r.data_config) for r in runners]
+    predictions = [[] for _ in runners]
+    top5_hits = [0] * len(runners)
+    inference_s = [0.0] * len(runners)
+    evaluated, unreadable = [], []
+    labels = None if dataset.labels is None else np.asarray(dataset.labels)
+    start = time.perf_counter()
+    for b in decoded_batches(dataset.paths, configs, batch, workers):
+        unreadable += [(dataset.paths[i], reason) for i, reason in b.unreadable]
+        if b.indices:
+            for m, runner in enumerate(runners):
+                t0 = time.perf_counter()
+                logits = _infer(runner, b.inputs[which[m]])
+                inference_s[m] += time.perf_counter() - t0
+                k = min(TOP_K, logits.shape[1])
+                top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+                predictions[m].append(logits.argmax(1))
+                if labels is not None:
+                    top5_hits[m] += int((top == labels[b.indices][:, None]).any(1).sum())
+            evaluated += b.indices
+        progress(len(evaluated) + len(unreadable), len(dataset), len(unreadable))
+    seconds = time.perf_counter() - start
+    if not evaluated:
+        raise UserError(f"none of the {len(dataset)} images of {dataset.root} could be read; e.g. "
+                        f"{unreadable[0][0]}: {unreadable[0][1]}")
+    truth = None if labels is None else labels[evaluated]
+    results = []
+    for m, runner in enumerate(runners):
+        top1 = np.concatenate(predictions[m])
+        results.append(ModelResult(
+            names[m], runner.backend,
+            None if truth is None else Proportion(int((top1 == truth).sum()), len(evaluated)),
+            None if truth is None else Proportion(top5_hits[m], len(evaluated)), inference_s[m], top1))
+    agreement = (Proportion(int((results[0].predictions == results[1].predictions).sum()), len(evaluated))
+                 if len(results) > 1 else None)
+    return EvalReport(dataset.root, dataset.layout, batch, workers, len(evaluated), unreadable, dataset.notes,
+                      seconds, results, agreement)
