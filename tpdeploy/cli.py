@@ -353,11 +353,12 @@ def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port,
     Two models: NAME (images FP32 [B, 3, 224, 224] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
     bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
     from tpdeploy.optional import lazy_import
-    lazy_import("tpdeploy.serve", "serving").serve(
-        model_file, backend=backend, host=host, http_port=http_port, grpc_port=grpc_port,
-        metrics_port=metrics_port or None, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, name=name, device=device, plugin=plugin, threads=threads, verbose=verbose,
-        progress=progress)
+    from tpdeploy.serving.settings import ServeSettings
+    settings = ServeSettings(model_file, backend=backend, device=device, plugin=plugin, threads=threads, name=name,
+                             host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port or None,
+                             max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances,
+                             verbose=verbose)
+    lazy_import("tpdeploy.serving.lifecycle", "serving").serve(settings, progress=progress)
 
 
 @main.command("triton-repo")
