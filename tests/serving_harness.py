@@ -30,6 +30,7 @@ import psutil
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 180.0
+READY_LINE = "ready (Ctrl+C or SIGTERM stops the server)"
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -55,6 +56,21 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return e.code
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def encoded_image(fmt: str = "JPEG", seed: int = 0, size: tuple[int, int] = (300, 260)) -> bytes:
+    """A structured test picture (`tpdeploy.images.sample_images`, not noise), resized and encoded (JPEG or PNG)."""
+    import io
+
+    from PIL import Image
+
+    from tpdeploy.images import sample_images
+    x = sample_images(1, 256, seed=seed)[0].transpose(1, 2, 0)
+    rgb = np.clip((x * np.array([0.229, 0.224, 0.225]) + np.array([0.485, 0.456, 0.406])) * 255, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(rgb.astype(np.uint8)).resize(size).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG"
+                                                                                else {}))
+    return buf.getvalue()
 
 
 def alive(p: psutil.Process) -> bool:
@@ -111,11 +127,13 @@ class ServerProcess:
                    ("/v2/health/ready", f"/v2/models/{self.name}/ready", f"/v2/models/{self.classify_name}/ready"))
 
     def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> "ServerProcess":
+        """Until Triton says ready and the server has said so too (after its own end-to-end check)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.process.returncode}) while starting:\n{self.log()[-3000:]}")
-            if self.ready():
+                raise RuntimeError(f"the server exited ({self.process.returncode}) while starting:\n"
+                                   f"{self.log()[-3000:]}")
+            if self.ready() and READY_LINE in self.log():
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"the server was not ready after {timeout_s:.0f} s:\n{self.log()[-3000:]}")

@@ -24,6 +24,7 @@ httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient
 
 from PIL import Image  # noqa: E402
 from serving_harness import ServerProcess, free_ports, http_status, inference_counts  # noqa: E402
+from serving_harness import encoded_image as encoded  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tpdeploy import runtime  # noqa: E402
@@ -47,16 +48,6 @@ SHUTDOWN_NOISE = ("graceful", "leaked", "Traceback", "killing what Triton left")
 @pytest.fixture(scope="module")
 def runner(tiny_onnx):
     return runtime.load(tiny_onnx)
-
-
-def encoded(fmt, seed=0, size=(300, 260), mode="RGB"):
-    """A structured test picture (not noise) encoded as JPEG or PNG."""
-    x = sample_images(1, 256, seed=seed)[0].transpose(1, 2, 0)
-    rgb = np.clip((x * np.array([0.229, 0.224, 0.225]) + np.array([0.485, 0.456, 0.406])) * 255, 0, 255)
-    img = Image.fromarray(rgb.astype(np.uint8)).resize(size).convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buf.getvalue()
 
 
 def huge_jpeg():
@@ -111,7 +102,8 @@ class Load:
             time.sleep(0.05)
 
     def _client(self, use_grpc):
-        client, module = (self.server.grpc_client(), grpcclient) if use_grpc else (self.server.http_client(), httpclient)
+        client = self.server.grpc_client() if use_grpc else self.server.http_client()
+        module = grpcclient if use_grpc else httpclient
         try:
             i = 0
             while not self.stop.is_set() and time.monotonic() < self.deadline and (
@@ -137,6 +129,7 @@ def expected_one_by_one(runner, images):
 
 
 def assert_stopped_cleanly(server, rc):
+    print(f"\nstopped in {server.stop_seconds:.1f} s (exit {rc})")
     log = server.log()
     assert rc == 0, log[-3000:]
     assert server.stop_seconds < STOP_WITHIN_S, (server.stop_seconds, log[-3000:])

@@ -351,7 +351,9 @@ def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port,
     """Serve MODEL_FILE on NVIDIA Triton Inference Server (through PyTriton) until Ctrl+C or SIGTERM.
 
     Two models: NAME (images FP32 [B, 3, 224, 224] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
-    bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
+    bytes -> top-5 classes and probabilities, with the model's recorded preprocessing). Health: /v2/health/ready
+    (200 once both models are loaded); metrics: :METRICS_PORT/metrics. Bad requests get HTTP 400 in one line.
+    SIGINT or SIGTERM, start-up included, stops it within 10 s (exit 0); a backend that breaks stops it (exit 3)."""
     from tpdeploy.optional import lazy_import
     from tpdeploy.serving.settings import ServeSettings
     settings = ServeSettings(model_file, backend=backend, device=device, plugin=plugin, threads=threads, name=name,

@@ -1,7 +1,7 @@
 """`tpdeploy serve`: a model on NVIDIA Triton Inference Server (through PyTriton), split by job:
 
     settings.py   ServeSettings: every knob of a served model, checked once
-    handlers.py   the request handling (images -> logits, encoded images -> top-5), no PyTriton: testable with any Runner
+    handlers.py   request handling (images -> logits, encoded images -> top-5), no PyTriton: any Runner will do
     service.py    TritonService: those handlers on Triton (readiness, error statuses, clean start and stop)
     lifecycle.py  serve(settings): what the command runs, until SIGINT or SIGTERM
 
