@@ -103,12 +103,15 @@ class ModelHandlers:
         self.name, self.classify_name = name, f"{name}_classify"
         self.max_image_pixels = max_image_pixels
         self.on_broken = on_broken
-        self.images_stats, self.classify_stats = BatchStats(), BatchStats()
+        self.reset_stats()
         self.broken: str | None = None          # why the backend no longer answers
         self._probe_lock = threading.Lock()
         self.warmup_batch = np.zeros((max(1, runner.min_batch), 3, runner.image_size, runner.image_size),
                                      runner.input_dtype)
         self.num_classes = int(self.run(self.warmup_batch).shape[1])  # a fault here is the caller's to report
+
+    def reset_stats(self) -> None:
+        self.images_stats, self.classify_stats = BatchStats(), BatchStats()
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Logits for any batch size: chunks above the Runner's max batch, pads below its min (static engines)."""

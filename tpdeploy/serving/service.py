@@ -248,6 +248,7 @@ class TritonService:
             raise UserError(f"Triton Inference Server did not start: {one_line(e)}{self._log_hint()}") from None
         self._checkpoint()
         self._self_check()
+        self.handlers.reset_stats()  # what clients asked for, from now on
         self._describe()
 
     def _bind(self, mc, model_store) -> None:
