@@ -473,3 +473,16 @@ def test_a_broken_backend_turns_the_server_not_ready_and_stops_it(tiny_onnx, tmp
         assert log.count("backend fault") == 1, log[-3000:]
         assert "stopping: the backend no longer answers" in log and "error: the backend no longer answers" in log
         assert s.leftovers == [] and s.shared_memory == set()
+
+
+def test_a_tritonserver_crash_is_exit_3_and_leaves_nothing(tiny_onnx):
+    """tritonserver killed (a crash, the OOM killer): its stubs and their helpers would live on; `serve` stops
+    them, removes their shared memory, and exits 3 with the end of Triton's log."""
+    with ServerProcess(tiny_onnx, name="crash") as s:
+        shared_memory = s.mapped_shared_memory()
+        [server] = [p for p in s.processes() if p.name().startswith("tritonserver")]
+        server.kill()
+        rc = s.stop(timeout_s=STOP_WITHIN_S)  # the server is on its way out already: this only waits
+        assert rc == DeviceError.exit_code, s.log()[-3000:]
+        assert "error: Triton Inference Server stopped unexpectedly" in s.log()
+        assert s.leftovers == [] and not [n for n in shared_memory if os.path.exists(f"/dev/shm/{n}")]

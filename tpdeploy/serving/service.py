@@ -141,6 +141,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _start_time(pid: int) -> str | None:
+    """When a live process started (clock ticks since boot), or None: tells a process from a later one of its pid."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and fields[0] != "Z" else None
+
+
 def _cmdline(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -181,6 +187,7 @@ class TritonService:
         self._broken = threading.Event()
         self._triton = None
         self._workspace_dir: str | None = None
+        self._processes: dict[int, str | None] = {}   # pid: start time
         self._stop_lock = threading.Lock()
         self._started = False
 
@@ -246,6 +253,9 @@ class TritonService:
             raise
         except Exception as e:  # noqa: BLE001 - PyTriton's own failures, in one line with the server's log
             raise UserError(f"Triton Inference Server did not start: {one_line(e)}{self._log_hint()}") from None
+        server = self._server_pid()
+        if server is not None:  # tritonserver, the stubs and their helpers, to make sure of in stop()
+            self._processes = {p: _start_time(p) for p in [server, *descendants(server)]}
         self._checkpoint()
         self._self_check()
         self.handlers.reset_stats()  # what clients asked for, from now on
@@ -388,11 +398,14 @@ class TritonService:
         self._kill_leftovers()
 
     def _kill_leftovers(self) -> None:
-        """A tritonserver that died (e.g. killed by Ctrl+C before it had installed its signal handlers) leaves its
-        Python-backend stubs running for good, with their shared memory: kill whatever still runs from our
-        workspace (tritonserver, the stubs) and their children, and remove the stubs' shared-memory regions."""
+        """A tritonserver that died (a crash, SIGKILL) leaves its Python-backend stubs, or their helper processes,
+        running for good, with their shared memory: kill whatever still runs from our workspace (tritonserver, the
+        stubs) or of the processes seen at start-up, and remove the stubs' shared-memory regions. Python's resource
+        trackers are spared: once the processes they track are gone they unlink what those left, and exit."""
         started = [p for p in _live_processes() if self._workspace_dir.encode() in _cmdline(p)[0]]
-        left = started + [c for p in started for c in descendants(p)]
+        seen = [p for p, t in self._processes.items() if _start_time(p) == t]
+        left = [p for p in dict.fromkeys(started + seen + [c for p in started for c in descendants(p)])
+                if b"resource_tracker" not in b" ".join(_cmdline(p))]
         if not left:
             return
         LOG.warning("killing what Triton left running: %s", ", ".join(f"{p} ({_comm(p)})" for p in left))
