@@ -5,8 +5,8 @@ measured in --rounds short rounds with the two models alternating (so drift and 
 Every client is a thread with its own tritonclient connection sending one image per request, back to back
 (closed loop). A round's window opens once every client has had its first answer (steady load) and lasts
 --duration / --rounds seconds; requests answered inside it give requests/s and the p50/p95/p99 latency. The
-dynamic batcher's mean batch size comes from Triton's own counters over the same windows
-(nv_inference_count / nv_inference_exec_count).
+dynamic batcher's mean batch size comes from Triton's own counters over the same windows (its statistics API:
+inferences / executions). The servers are started with tests/serving_harness.py, as the tests start theirs.
 
     python benchmarks/serve_load.py [--tp tp.onnx --dense dense.onnx] [--concurrency 1,8,32] [--duration 60]
 
@@ -21,22 +21,14 @@ import time
 
 import numpy as np
 
-from tpdeploy import bench
-from tpdeploy.images import sample_images
-from tpdeploy.serve import ServerProcess, read_metrics
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from exports import export_if_missing  # noqa: E402
+from serving_harness import ServerProcess, inference_counts  # noqa: E402
+
+from tpdeploy import bench  # noqa: E402
+from tpdeploy.images import sample_images  # noqa: E402
 
 TP, DENSE = "Token-Pooled DeiT-S", "dense DeiT-S"
-
-
-def export_if_missing(path, **model_args):
-    if os.path.exists(path):
-        print(f"using {path}", file=sys.stderr)
-        return path
-    from tpdeploy.export import export
-    from tpdeploy.model import create_model
-    print(f"exporting {path}", file=sys.stderr)
-    export(create_model("deit_small", **model_args), path)
-    return path
 
 
 class Window:
@@ -108,16 +100,14 @@ def run_level(server, name, protocol, images, clients, duration, max_requests, s
         t.start()
     if not window.opened.wait(settle_timeout):
         raise SystemExit(f"{name}: not every client had an answer within {settle_timeout:.0f} s")
-    before = read_metrics(server.metrics_url)
+    before = inference_counts(server, name)
     time.sleep(max(0.0, window.end - time.perf_counter()))
-    after = read_metrics(server.metrics_url)
+    after = inference_counts(server, name)
     for t in threads:
         t.join()  # the requests in flight at the end finish outside the window
     lat = [dt for t_end, dt in samples if window.start <= t_end <= window.end]
     err = [e for t_end, e in errors if window.start <= t_end <= window.end]
-    delta = [after.get((m, name), 0) - before.get((m, name), 0)
-             for m in ("nv_inference_count", "nv_inference_exec_count")]
-    return lat, err, window.end - window.start, delta
+    return lat, err, window.end - window.start, [a - b for a, b in zip(after, before)]
 
 
 def main():
@@ -136,8 +126,10 @@ def main():
     args = ap.parse_args()
 
     os.makedirs(args.workdir, exist_ok=True)
-    tp = args.tp or export_if_missing(os.path.join(args.workdir, "deit_small_058.onnx"), preset="deit_small_058")
-    dense = args.dense or export_if_missing(os.path.join(args.workdir, "deit_small_dense.onnx"), method="none")
+    tp = args.tp or export_if_missing(os.path.join(args.workdir, "deit_small_058.onnx"), "deit_small",
+                                      preset="deit_small_058")
+    dense = args.dense or export_if_missing(os.path.join(args.workdir, "deit_small_dense.onnx"), "deit_small",
+                                            method="none")
     levels = [int(c) for c in args.concurrency.split(",")]
     images = sample_images(8, seed=0)
     machine = bench.machine()
@@ -152,7 +144,7 @@ def main():
             print(f"starting the server for {label} ({path})", file=sys.stderr)
             servers[label] = (ServerProcess(path, name=name, max_batch=args.max_batch,
                                             max_queue_delay_us=args.max_queue_delay_us,
-                                            instances=args.instances).start(), name)
+                                            instances=args.instances).launch().wait_ready(), name)
         rows = []
         for clients in levels:
             acc = {label: {"lat": [], "errors": [], "elapsed": 0.0, "images": 0.0, "execs": 0.0} for label in servers}

@@ -167,3 +167,37 @@ def test_the_recipe_records_the_checkpoints_hash_not_its_path(tmp_path):
     torch.save(create_model("deit_tiny", method="none", seed=8).state_dict(), other)
     with pytest.raises(TpdeployError, match="not the checkpoint"):
         TorchRunner.from_onnx(path, checkpoint=str(other))
+
+
+@pytest.mark.parametrize("method", ["wkmedoids", "kmeans", "topk"])
+def test_a_stock_onnxruntime_session_prints_nothing(exported, method):
+    """Default logging: no 'CanUpdateImplicitInputNameInSubgraphs' warning (one per TokenPool node, once)."""
+    _, path, _ = exported(method)
+    code = "import sys, onnxruntime as ort; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_files_are_ir_9_and_run_alike_in_the_oldest_onnxruntime_for_opset_20(exported, tmp_path):
+    """onnxruntime 1.17 (the first with opset 20) in a throwaway venv, against the installed one."""
+    _, path, _ = exported("wkmedoids")
+    assert onnx.load(path, load_external_data=False).ir_version == 9
+    venv = tmp_path / "ort117"
+    python = venv / "bin" / "python"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "onnxruntime==1.17.3", "numpy<2"], check=True, capture_output=True, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot install onnxruntime 1.17.3 here (no network?): {str(getattr(e, 'stderr', e))[-300:]}")
+    images = sample_images(4, seed=3)
+    np.save(tmp_path / "images.npy", images)
+    code = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
+            "providers=['CPUExecutionProvider']); np.save(sys.argv[3], s.run(None, {'images': np.load(sys.argv[2])})[0])"
+            "; print(ort.__version__)")
+    result = subprocess.run([str(python), "-c", code, path, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "1.17.3" and result.stderr == "", result.stderr[-2000:]
+    old, new = np.load(tmp_path / "out.npy"), OnnxRuntimeRunner(path).infer(images)
+    np.testing.assert_allclose(old, new, atol=1e-4, rtol=1e-4)
+    assert (old.argmax(1) == new.argmax(1)).all()

@@ -24,7 +24,7 @@ def test_import_contracts_hold():
 
 
 def test_deployment_modules_import_without_torch():
-    modules = ["tpdeploy.runtime", "tpdeploy.backends.onnxrt", "tpdeploy.backends.trt", "tpdeploy.serve",
+    modules = ["tpdeploy.runtime", "tpdeploy.backends.onnxrt", "tpdeploy.backends.trt", "tpdeploy.serving.lifecycle",
                "tpdeploy.triton_repo", "tpdeploy.modelinfo", "tpdeploy.engine", "tpdeploy.fp16", "tpdeploy.bench",
                "tpdeploy.compare", "tpdeploy.cli", "tpdeploy.preprocess", "tpdeploy.images"]
     result = run_without_torch(f"import importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('ok')")

@@ -370,13 +370,16 @@ def serve(model_file, backend, device, host, http_port, grpc_port, metrics_port,
     """Serve MODEL_FILE on NVIDIA Triton Inference Server (through PyTriton) until Ctrl+C or SIGTERM.
 
     Two models: NAME (images FP32 [B, 3, S, S] -> logits, dynamically batched) and NAME_classify (JPEG/PNG
-    bytes -> top-5 classes and probabilities). Health: /v2/health/ready; metrics: :METRICS_PORT/metrics."""
+    bytes -> top-5 classes and probabilities, with the model's recorded preprocessing). Health: /v2/health/ready
+    (200 once both models are loaded); metrics: :METRICS_PORT/metrics. Bad requests get HTTP 400 in one line.
+    SIGINT or SIGTERM, start-up included, stops it within 10 s (exit 0); a backend that breaks stops it (exit 3)."""
     from tpdeploy.optional import lazy_import
-    lazy_import("tpdeploy.serve", "serving").serve(
-        model_file, backend=backend, host=host, http_port=http_port, grpc_port=grpc_port,
-        metrics_port=metrics_port or None, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, name=name, device=device, plugin=plugin, threads=threads, verbose=verbose,
-        progress=progress)
+    from tpdeploy.serving.settings import ServeSettings
+    settings = ServeSettings(model_file, backend=backend, device=device, plugin=plugin, threads=threads, name=name,
+                             host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port or None,
+                             max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances,
+                             verbose=verbose)
+    lazy_import("tpdeploy.serving.lifecycle", "serving").serve(settings, progress=progress)
 
 
 @main.command("triton-repo")

@@ -68,6 +68,9 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
             node.name = f"TokenPool_{i}"
             del node.metadata_props[:]
     proto.producer_name = "tpdeploy"
+    # the oldest IR version the opsets need (9 for opset 20), not the exporter's newest: onnxruntime 1.17 reads
+    # IR <= 9 and refuses anything newer; model-local functions need IR 8
+    proto.ir_version = max(8, onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True))
     onnx_file.write_recipe(proto, model.recipe(dtype))
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -90,9 +90,11 @@ def function_proto(opset: int, mode: str) -> onnx.FunctionProto:
         raise InvalidArgumentError(f"TokenPool's ONNX function needs opset >= {MIN_OPSET}, got {opset}")
     check_choice("mode", mode, MODES)
     b = _Builder()
-    # + 0 keeps onnxruntime from folding the Cast away for float32 X, which would rename a value that the
-    # subgraphs read (harmless, but it warns at every session start)
-    xf = b.op("Add", b.op("Cast", "X", to=TensorProto.FLOAT), b.const(0.0), hint="xf")
+    # Max(x, x) == x exactly, and no onnxruntime optimizer removes it: for float32 X the Cast is a no-op that
+    # onnxruntime drops (and it drops x + 0 and x * 1 too), renaming a value that the If/Loop subgraphs read from
+    # outside, which it cannot do safely: a warning per TokenPool node at every session start
+    xf_any = b.op("Cast", "X", to=TensorProto.FLOAT)
+    xf = b.op("Max", xf_any, xf_any, hint="xf")
     wf = b.op("Cast", "W", to=TensorProto.FLOAT, hint="wf")
     zero, fmax = b.const(0.0), b.const(FLT_MAX)
     order_w = b.op("Min", b.op("Where", b.op("Greater", wf, zero), wf, zero), fmax, hint="order_w")

@@ -33,8 +33,9 @@ def _pil():
     return lazy_import("PIL.Image", "decoding images")
 
 
-def decode_image(data: bytes):
-    """A PIL RGB image from encoded bytes (JPEG, PNG or WebP); UserError for anything else."""
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
+    """A PIL RGB image from encoded bytes (JPEG, PNG or WebP); UserError for anything else, or for an image of more
+    than `max_pixels` (checked from the header, before decoding)."""
     Image = _pil()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidArgumentError(f"an encoded image must be bytes, got {type(data).__name__}")
@@ -42,13 +43,15 @@ def decode_image(data: bytes):
         raise UserError("empty image: 0 bytes")
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.UnidentifiedImageError:  # its message names only a BytesIO object
+        raise UserError(f"cannot decode image ({len(data)} bytes): not a {'/'.join(FORMATS)} image") from None
     except Exception as e:  # noqa: BLE001 - Pillow raises several types for bad data
         # UnidentifiedImageError's own text only names the in-memory file object
         detail = "" if type(e).__name__ == "UnidentifiedImageError" else f" ({one_line(e)})"
         raise UserError(f"cannot decode image ({len(data)} bytes): not a {'/'.join(FORMATS)} image{detail}") from None
     w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise UserError(f"image too large: {w}x{h} pixels (at most {MAX_PIXELS} pixels)")
+    if w * h > max_pixels:
+        raise UserError(f"image too large: {w}x{h} pixels (at most {max_pixels} pixels)")
     if w < 1 or h < 1:
         raise UserError(f"image has no pixels: {w}x{h}")
     try:
@@ -85,9 +88,9 @@ def normalize(rgb: np.ndarray, config: DataConfig) -> np.ndarray:
     return ((rgb - mean) / std).transpose(2, 0, 1).astype(np.float32)
 
 
-def preprocess_image(data: bytes, config: DataConfig) -> np.ndarray:
+def preprocess_image(data: bytes, config: DataConfig, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> float32 [3, S, S]: the model's input for one image."""
     if not isinstance(config, DataConfig):
         raise InvalidArgumentError(f"config must be a DataConfig (runner.data_config), got {type(config).__name__}")
-    img = resize_center_crop(decode_image(data), config)
+    img = resize_center_crop(decode_image(data, max_pixels), config)
     return normalize(np.asarray(img, dtype=np.float32) / 255.0, config)
