@@ -109,6 +109,9 @@ def test_fixed_batch_export(tmp_path):
     assert (runner.min_batch, runner.max_batch) == (2, 2)
     with pytest.raises(TpdeployError, match="batch 3 is outside"):
         runner.infer(sample_images(3))
+    images = sample_images(5)  # any number, in chunks of 2, the last one padded (serve and eval rely on it)
+    want = np.concatenate([runner.infer(images[:2]), runner.infer(images[2:4]), runner.infer(images[3:5])[1:]])
+    np.testing.assert_array_equal(runner.infer_any_batch(images), want)
 
 
 def test_unwritable_output_leaves_nothing(tmp_path):

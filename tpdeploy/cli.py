@@ -19,7 +19,7 @@ import time
 import click
 
 from tpdeploy import schedule as sched
-from tpdeploy.errors import TpdeployError, UserError
+from tpdeploy.errors import TpdeployError, UserError, one_line
 
 DEFAULT_ARCH = "deit_small"
 
@@ -47,13 +47,10 @@ class Cli(click.Group):
             command = f"{e.ctx.command_path} --help" if getattr(e, "ctx", None) else "tpdeploy --help"
             click.echo(f"error: {e.format_message()} (see `{command}`)", err=True)
             code = e.exit_code
-        except click.exceptions.Abort:
-            click.echo("error: interrupted", err=True)
-            code = 130
         except TpdeployError as e:
             click.echo(f"error: {e}", err=True)
             code = e.exit_code
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl+C inside a command into Abort
             click.echo("error: interrupted", err=True)
             code = 130
         except Terminated:
@@ -62,7 +59,7 @@ class Cli(click.Group):
         except Exception as e:  # noqa: BLE001 - never a traceback: a bug or a fault below us
             if os.environ.get("TPDEPLOY_DEBUG"):
                 raise
-            click.echo(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            click.echo(f"error: unexpected {type(e).__name__}: {one_line(e)}"
                        f" (a fault of the machine or a bug in tpdeploy; TPDEPLOY_DEBUG=1 shows the traceback)", err=True)
             code = 3
         sys.exit(code or 0)
@@ -220,13 +217,22 @@ def export(output, dtype, batch, opset, **model_args):
                f"({report.max_rel_error:.1e} of the largest logit), top-1 agreement {report.top1_agreement:.0%}")
 
 
-def _runner(spec: str, backend: str | None, device: str, threads: int | None = None, plugin: str | None = None,
-            checkpoint: str | None = None, spinning: bool = True):
-    """A model reference: a path, optionally prefixed by its backend (ort:, trt:, torch:)."""
+def _split_spec(spec: str) -> tuple[str | None, str]:
+    """A model reference: a path, optionally prefixed by its backend (ort:, trt:, torch:) -> (backend, path)."""
     from tpdeploy import runtime
     prefix, _, rest = spec.partition(":")
-    if rest and prefix in runtime.BACKENDS:
-        backend, spec = prefix, rest
+    return (prefix, rest) if rest and prefix in runtime.BACKENDS else (None, spec)
+
+
+def _path_of(spec: str) -> str:
+    return _split_spec(spec)[1]
+
+
+def _runner(spec: str, backend: str | None, device: str, threads: int | None = None, plugin: str | None = None,
+            checkpoint: str | None = None, spinning: bool = True):
+    from tpdeploy import runtime
+    prefix, spec = _split_spec(spec)
+    backend = prefix or backend
     progress(f"loading {spec} ({backend or runtime.default_backend(spec)}, {device})")
     return runtime.load(spec, backend=backend, device=device, plugin=plugin, threads=threads, checkpoint=checkpoint,
                         spinning=spinning)
@@ -241,11 +247,6 @@ def _runners(models: list[str], backend, device, threads, plugin, checkpoint, sh
     if sharing and any(r.backend.startswith("onnxruntime") for r in runners):
         progress(f"note: {sharing}: onnxruntime's idle-thread spinning is off")
     return runners
-
-
-def _path_of(spec: str) -> str:
-    prefix, _, rest = spec.partition(":")
-    return rest if rest and prefix in ("ort", "trt", "torch") else spec
 
 
 @main.command()

@@ -390,14 +390,6 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def _infer(runner, images: np.ndarray) -> np.ndarray:
-    """Logits for `images`, padded up to the runner's smallest batch (a fixed-batch file) and cut back."""
-    n = len(images)
-    if n < runner.min_batch:
-        images = np.concatenate([images, np.zeros((runner.min_batch - n, *images.shape[1:]), images.dtype)])
-    return runner.infer(images)[:n]
-
-
 def check_batch(runners, batch: int) -> int:
     batch = check_int("batch", batch, minimum=1)
     for r in runners:
@@ -426,7 +418,7 @@ def evaluate(runners, dataset: Dataset, batch: int, workers: int = 2, names=None
         if b.indices:
             for m, runner in enumerate(runners):
                 t0 = time.perf_counter()
-                logits = _infer(runner, b.inputs[which[m]])
+                logits = runner.infer_any_batch(b.inputs[which[m]])
                 inference_s[m] += time.perf_counter() - t0
                 k = min(TOP_K, logits.shape[1])
                 top = np.argpartition(-logits, k - 1, axis=1)[:, :k]

@@ -50,6 +50,22 @@ class Runner(abc.ABC):
         """Logits for `images`; float inputs are cast to the model's input dtype. Thread-safe."""
         return self._infer(self.check_input(images))
 
+    def infer_any_batch(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits for any number of images: in chunks of the largest batch the model takes, a chunk below
+        its smallest (a fixed-batch file or engine) padded with zeros and cut back."""
+        n = images.shape[0]
+        if n >= self.min_batch and (self.max_batch is None or n <= self.max_batch):
+            return np.asarray(self.infer(images), dtype=np.float32)
+        step = self.max_batch or n
+        outs = []
+        for i in range(0, n, step):
+            chunk = images[i:i + step]
+            k = chunk.shape[0]
+            if k < self.min_batch:
+                chunk = np.concatenate([chunk, np.zeros((self.min_batch - k,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(np.asarray(self.infer(chunk), dtype=np.float32)[:k])
+        return np.concatenate(outs)
+
     def check_input(self, images) -> np.ndarray:
         images = np.asarray(images)
         size = self.image_size

@@ -47,4 +47,3 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
             return self.model(x).float().cpu().numpy()
-

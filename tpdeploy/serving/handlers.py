@@ -108,33 +108,18 @@ class ModelHandlers:
         self._probe_lock = threading.Lock()
         self.warmup_batch = np.zeros((max(1, runner.min_batch), 3, runner.image_size, runner.image_size),
                                      runner.input_dtype)
-        self.num_classes = int(self.run(self.warmup_batch).shape[1])  # a fault here is the caller's to report
+        # a fault here is the caller's to report
+        self.num_classes = int(self.runner.infer_any_batch(self.warmup_batch).shape[1])
 
     def reset_stats(self) -> None:
         self.images_stats, self.classify_stats = BatchStats(), BatchStats()
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Logits for any batch size: chunks above the Runner's max batch, pads below its min (static engines)."""
-        r = self.runner
-        n = images.shape[0]
-        if n >= r.min_batch and (r.max_batch is None or n <= r.max_batch):
-            return np.asarray(r.infer(images), dtype=np.float32)
-        step = r.max_batch or n
-        outs = []
-        for i in range(0, n, step):
-            chunk = images[i:i + step]
-            k = chunk.shape[0]
-            if k < r.min_batch:
-                chunk = np.concatenate([chunk, np.zeros((r.min_batch - k,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(np.asarray(r.infer(chunk), dtype=np.float32)[:k])
-        return np.concatenate(outs)
-
     def _logits(self, images: np.ndarray, model: str) -> np.ndarray:
-        """`run`, with backend faults turned into RequestFailed (and a broken backend reported once)."""
+        """`Runner.infer_any_batch`, with backend faults turned into RequestFailed (and a broken backend reported once)."""
         if self.broken:
             raise RequestFailed(f"{model}: the backend is broken ({self.broken}); the server is stopping")
         try:
-            return self.run(images)
+            return self.runner.infer_any_batch(images)
         except UserError as e:  # the Runner's own input checks: the request's mistake
             raise RequestRefused(str(e)) from None
         except Exception as e:  # noqa: BLE001 - DeviceError or a bug: a 500, never a traceback to the client
@@ -151,7 +136,7 @@ class ModelHandlers:
             if self.broken:
                 return
             try:
-                self.run(self.warmup_batch)
+                self.runner.infer_any_batch(self.warmup_batch)
                 return
             except Exception as e:  # noqa: BLE001 - any failure of a batch that worked at start-up
                 self.broken = f"{fault}; the warm-up batch fails too: {one_line(e)}"
