@@ -9,22 +9,24 @@ positions), and counts per image: logits bit-identical to the reference, top-1 c
 
 Without --tp/--dense it exports --arch (default deit_tiny: preset <arch>_058, and --method none) into --workdir.
 """
+
 import argparse
 import os
 import sys
 
 import numpy as np
-
 from exports import export_if_missing
-from tpdeploy import bench, runtime
-from tpdeploy.images import sample_images
+
+from tpdeploy import runtime
+from tpdeploy.data.samples import sample_images
+from tpdeploy.tasks import bench
 
 
 def in_batches(runner, images, order, batch):
     """Logits of images[order] computed `batch` at a time, put back in the images' order."""
     out = np.empty((len(images), runner.num_classes), np.float32)
     for i in range(0, len(order), batch):
-        idx = order[i:i + batch]
+        idx = order[i : i + batch]
         out[idx] = runner.infer(images[idx])
     return out
 
@@ -32,8 +34,12 @@ def in_batches(runner, images, order, batch):
 def compare(got, want):
     same = np.all(got == want, axis=1)
     diff = np.abs(got - want).max(axis=1)
-    return {"identical": int(same.sum()), "flips": int((got.argmax(1) != want.argmax(1)).sum()),
-            "max_abs": float(diff.max()), "max_rel": float(diff.max() / np.abs(want).max())}
+    return {
+        "identical": int(same.sum()),
+        "flips": int((got.argmax(1) != want.argmax(1)).sum()),
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max() / np.abs(want).max()),
+    }
 
 
 def main():
@@ -46,20 +52,24 @@ def main():
     ap.add_argument("--batches", default="2,4,8,16,32")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    tp = args.tp or export_if_missing(os.path.join(args.workdir, f"{args.arch}_058.onnx"), args.arch,
-                                      preset=f"{args.arch}_058")
-    dense = args.dense or export_if_missing(os.path.join(args.workdir, f"{args.arch}_dense.onnx"), args.arch,
-                                            method="none")
+    tp = args.tp or export_if_missing(
+        os.path.join(args.workdir, f"{args.arch}_058.onnx"), args.arch, preset=f"{args.arch}_058"
+    )
+    dense = args.dense or export_if_missing(
+        os.path.join(args.workdir, f"{args.arch}_dense.onnx"), args.arch, method="none"
+    )
     batches = [int(b) for b in args.batches.split(",")]
     images = sample_images(args.images, seed=args.seed)
     shuffled = np.random.default_rng(args.seed).permutation(args.images)
     import onnxruntime
+
     m = bench.machine()
-    print(f"batch invariance on {m['cpu']}, {m['cpu_count']} CPUs, onnxruntime {onnxruntime.__version__}, "
-          f"{args.images} structured images (seed {args.seed}), load average {os.getloadavg()[0]:.2f}",
-          file=sys.stderr)
-    head = (f"{'model':<30}{'batch':>6}{'vs':>10}{'identical':>11}{'top-1 flips':>13}{'max |dlogit|':>14}"
-            f"{'rel':>10}")
+    print(
+        f"batch invariance on {m['cpu']}, {m['cpu_count']} CPUs, onnxruntime {onnxruntime.__version__}, "
+        f"{args.images} structured images (seed {args.seed}), load average {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    head = f"{'model':<30}{'batch':>6}{'vs':>10}{'identical':>11}{'top-1 flips':>13}{'max |dlogit|':>14}{'rel':>10}"
     rows = []
     for label, path in (("Token-Pooled " + os.path.basename(tp), tp), ("dense " + os.path.basename(dense), dense)):
         runner = runtime.load(path)
@@ -75,11 +85,15 @@ def main():
     print(head)
     print("-" * len(head))
     for label, b, vs, c in rows:
-        print(f"{label:<30}{b:>6}{vs:>10}{c['identical']:>7}/{args.images:<3}{c['flips']:>13}{c['max_abs']:>14.2e}"
-              f"{c['max_rel']:>10.1e}")
-    print(f"vs batch 1: each image in batches of that size against the same image alone; vs shuffled: the same "
-          f"batch size with other companions and positions against the first run. {args.images} images; "
-          f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        print(
+            f"{label:<30}{b:>6}{vs:>10}{c['identical']:>7}/{args.images:<3}{c['flips']:>13}{c['max_abs']:>14.2e}"
+            f"{c['max_rel']:>10.1e}"
+        )
+    print(
+        f"vs batch 1: each image in batches of that size against the same image alone; vs shuffled: the same "
+        f"batch size with other companions and positions against the first run. {args.images} images; "
+        f"load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Builds the wheel, installs it into two fresh virtual environments (PyPI needed):
 then times cold starts alternately (deployment, full, deployment, ...) so drift hits both alike, and prints a
 table (median and min of --runs processes each).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ FIRST_ANSWER = """
 import sys, time
 t0 = time.perf_counter()
 from tpdeploy import runtime
-from tpdeploy.images import sample_images
+from tpdeploy.data.samples import sample_images
 model = runtime.load(sys.argv[1])
 model.infer(sample_images(1))
 print(time.perf_counter() - t0, 'torch' in sys.modules)
@@ -58,16 +59,24 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="tpdeploy-install-"))
     print(f"building the wheel and two environments in {work}", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(REPO)], check=True
+    )
     wheel = next((work / "dist").glob("tpdeploy-*.whl"))
-    envs = {"deployment": make_venv(work / "deployment", wheel, "cpu", []),
-            "full": make_venv(work / "full", wheel, "cpu,export,serve", ["torch==2.13.0"])}
+    envs = {
+        "deployment": make_venv(work / "deployment", wheel, "cpu", []),
+        "full": make_venv(work / "full", wheel, "cpu,export,serve", ["torch==2.13.0"]),
+    }
     times: dict[str, list[float]] = {name: [] for name in envs}
     for i in range(args.runs):
         for name, python in envs.items():
-            out = subprocess.run([str(python), "-c", FIRST_ANSWER, os.path.abspath(args.model)], capture_output=True,
-                                 text=True, check=True, cwd="/").stdout.split()
+            out = subprocess.run(
+                [str(python), "-c", FIRST_ANSWER, os.path.abspath(args.model)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd="/",
+            ).stdout.split()
             times[name].append(float(out[0]))
             assert out[1] == "False", f"{name}: the runtime imported torch"
         print(f"  run {i + 1}/{args.runs}", file=sys.stderr)
@@ -79,8 +88,10 @@ def main() -> None:
         t = times[name]
         print(f"| {name} | {size:,.0f} MB | {statistics.median(t):.2f} s ({min(t):.2f} s) |")
     ratio = statistics.median(times["full"]) / statistics.median(times["deployment"])
-    print(f"\nfull / deployment first-answer time: {ratio:.2f}x; load average {load:.1f}; "
-          f"{os.cpu_count()} CPUs; at {time.strftime('%Y-%m-%d %H:%M')}")
+    print(
+        f"\nfull / deployment first-answer time: {ratio:.2f}x; load average {load:.1f}; "
+        f"{os.cpu_count()} CPUs; at {time.strftime('%Y-%m-%d %H:%M')}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The benchmarks' default models: exported once into a work folder (seeded-random weights unless a file is given)."""
+
 import os
 import sys
 
@@ -8,8 +9,9 @@ def export_if_missing(path: str, arch: str, **model_args) -> str:
     if os.path.exists(path):
         print(f"using {path}", file=sys.stderr)
         return path
-    from tpdeploy.export import export
-    from tpdeploy.model import create_model
+    from tpdeploy.convert.export import export
+    from tpdeploy.model.factory import create_model
+
     print(f"exporting {path}", file=sys.stderr)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     export(create_model(arch, **model_args), path)

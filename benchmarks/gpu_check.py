@@ -27,12 +27,13 @@ and the files of single stages (nvidia-smi.txt, build.log, ptxas.txt, pytest.xml
 Exits 1 when a stage failed, timed out, found no time left or reported a wrong result.
 
 --dry-run: the same stages and Python paths on a CPU, so that they have all run before any GPU time is spent
-(tests/test_gpu_check.py runs it in CI): the CUDA emulator's library (tests/cuda_emulator) stands in for the
+(tests/test_gpu_check.py runs it in CI): the CUDA emulator's library (harness/cuda_emulator) stands in for the
 kernels and CPU tensors for CUDA ones, deit_tiny for deit_small, smaller shapes and fewer repeats; pip only
 pretends to install (pip --dry-run); CMake, nvcc and ptxas -v run where they are installed (for sm_90, the H200's
 architecture, unless --cuda-arch), and the pytest stage reuses that build; what needs the GPU itself
 (nvidia-smi, CUDA in torch, compute-sanitizer) is recorded as "skipped (dry run)". Its timings mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # harness/, shared with the tests
+
+from harness.cuda_emulator import build as emulator_build
+from harness.plugins_build import DRY_RUN_ARCH, cmake_build
+
 HERE = Path(__file__).resolve().parent
 LOG, JSONL = "gpu_check.log", "gpu_check.jsonl"
 KERNELS_LIBRARY, EMULATED_LIBRARY = "libtokenpool_kernels.so", "libtokenpool_emulated.so"
@@ -59,12 +65,22 @@ SKIPPED = 77  # a stage's exit status for "did not apply here" (automake's conve
 FAIL = "FAIL"
 MIN_STAGE_SECONDS = 5
 # seconds; the sum is over the default budget on purpose: the last stages take what the first ones leave
-BUDGETS = {"machine": 20, "torch": 30, "install": 45, "build": 120, "kernels": 60, "timing": 45, "model": 60,
-           "pytest": 75, "sanitizer": 60}
+BUDGETS = {
+    "machine": 20,
+    "torch": 30,
+    "install": 45,
+    "build": 120,
+    "kernels": 60,
+    "timing": 45,
+    "model": 60,
+    "pytest": 75,
+    "sanitizer": 60,
+}
 MEASURED = ("torch", "kernels", "timing", "model")  # the stages in gpu_measure.py (they import torch)
 
 
 # --- the results folder -------------------------------------------------------------------------------------
+
 
 def append_json(path: Path, record: dict) -> None:
     with open(path, "a") as f:  # one write of one line, flushed on close: a killed stage loses nothing before it
@@ -97,16 +113,18 @@ class Rows:
 
 # --- running the stages -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Stage:
     name: str
-    budget: float             # seconds
-    command: list[str]        # run in REPO, in a session of its own (a time-out kills its children too)
-    skip: str | None = None   # the reason it does not run
+    budget: float  # seconds
+    command: list[str]  # run in REPO, in a session of its own (a time-out kills its children too)
+    skip: str | None = None  # the reason it does not run
 
 
-def run_stages(stages: list[Stage], results: Path, budget: float, env: dict | None = None,
-               min_seconds: float = MIN_STAGE_SECONDS) -> list[dict]:
+def run_stages(
+    stages: list[Stage], results: Path, budget: float, env: dict | None = None, min_seconds: float = MIN_STAGE_SECONDS
+) -> list[dict]:
     """Runs the stages in order, each within min(its budget, what is left of `budget`; skipped when that is under
     min_seconds), copying their output line by line to stdout and gpu_check.log; appends each one's outcome to
     gpu_check.jsonl and returns the outcomes."""
@@ -124,8 +142,13 @@ def run_stages(stages: list[Stage], results: Path, budget: float, env: dict | No
                 limit = min(stage.budget, left)
                 say(log, f"\n=== {stage.name} (at most {limit:.0f} s): {' '.join(stage.command)}")
                 status = run_one(stage.command, limit, log, env)
-            outcome = {"stage": stage.name, "what": "stage", "status": status,
-                       "seconds": round(time.monotonic() - started, 1), "budget": stage.budget}
+            outcome = {
+                "stage": stage.name,
+                "what": "stage",
+                "status": status,
+                "seconds": round(time.monotonic() - started, 1),
+                "budget": stage.budget,
+            }
             append_json(results / JSONL, outcome)
             say(log, f"=== {stage.name}: {status} ({outcome['seconds']:.0f} s)")
             outcomes.append(outcome)
@@ -135,8 +158,17 @@ def run_stages(stages: list[Stage], results: Path, budget: float, env: dict | No
 def run_one(command: list[str], limit: float, log, env: dict | None) -> str:
     """Runs one stage's command; its outcome: "ok", "failed (exit N)", "timed out after N s", "skipped"."""
     try:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
     except OSError as e:
         return f"failed (could not start: {e})"
     copier = threading.Thread(target=lambda: [say(log, line.rstrip("\n")) for line in proc.stdout], daemon=True)
@@ -171,8 +203,9 @@ def table(records: list[dict], stages: list[str]) -> list[str]:
                 lines.append(f"| {stage} | {cell(r['what'])} | {cell(r['result'])} | {r['status']} |")
         for r in mine:
             if r["what"] == "stage":
-                lines.append(f"| {stage} | **stage** | {r['seconds']:.0f} s (budget {r['budget']:.0f} s) | "
-                             f"{r['status']} |")
+                lines.append(
+                    f"| {stage} | **stage** | {r['seconds']:.0f} s (budget {r['budget']:.0f} s) | {r['status']} |"
+                )
     return lines
 
 
@@ -182,13 +215,18 @@ def cell(text: str) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=Path(os.environ.get("OUT") or REPO / "build" / "gpu-check"),
-                    help="the results folder (default: $OUT, else build/gpu-check)")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=Path(os.environ.get("OUT") or REPO / "build" / "gpu-check"),
+        help="the results folder (default: $OUT, else build/gpu-check)",
+    )
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for all stages together (default 450)")
     ap.add_argument("--dry-run", action="store_true", help="on the CPU with the emulated kernels (see above)")
     ap.add_argument("--stages", help=f"a comma-separated subset of: {','.join(BUDGETS)}")
-    ap.add_argument("--build-dir", type=Path, help="the CMake build folder (default build/plugins; in a dry run "
-                                                   "RESULTS/plugins)")
+    ap.add_argument(
+        "--build-dir", type=Path, help="the CMake build folder (default build/plugins; in a dry run RESULTS/plugins)"
+    )
     ap.add_argument("--cuda-arch", help="the GPU architecture to build for, e.g. 90 (default: nvidia-smi's)")
     ap.add_argument("--wheels", type=Path, help="a folder of wheels to install pytest from where it is missing")
     ap.add_argument("--stage", choices=[s for s in BUDGETS if s not in MEASURED], help=argparse.SUPPRESS)
@@ -218,26 +256,42 @@ def main() -> int:
             command += ["--wheels", str(args.wheels.resolve())] if args.wheels else []
         stages.append(Stage(name, budget, command, None if name in selected else "not selected"))
     library = args.results / "emulator" / EMULATED_LIBRARY if args.dry_run else args.build_dir / KERNELS_LIBRARY
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TPDEPLOY_KERNELS": str(library),
-           "TPDEPLOY_PLUGINS_BUILD": str(args.build_dir),
-           # tpdeploy from this tree even if the install stage fails (tpdeploy.presets then needs the install)
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TPDEPLOY_KERNELS": str(library),
+        "TPDEPLOY_PLUGINS_BUILD": str(args.build_dir),
+        # tpdeploy from this tree even if the install stage fails (tpdeploy.presets then needs the install)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     if args.dry_run:  # one CPU thread: OpenMP's barriers stall many times over on a busy shared CI machine
         env["OMP_NUM_THREADS"] = "1"
-    append_json(args.results / JSONL, {"run": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dry_run": args.dry_run,
-                                       "budget": args.budget, "python": sys.executable, "repo": str(REPO)})
+    append_json(
+        args.results / JSONL,
+        {
+            "run": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "dry_run": args.dry_run,
+            "budget": args.budget,
+            "python": sys.executable,
+            "repo": str(REPO),
+        },
+    )
     outcomes = run_stages(stages, args.results, args.budget, env)
     records = [json.loads(line) for line in (args.results / JSONL).read_text().splitlines() if line.strip()]
     with open(args.results / LOG, "a", buffering=1) as log:
         say(log, f"\ngpu_check{' --dry-run' if args.dry_run else ''}: {args.results}")
         for line in table(records, list(BUDGETS)):
             say(log, line)
-    broken = [o["stage"] for o in outcomes if not (o["status"] == "ok" or o["status"].startswith("skipped")
-                                                    and "no time left" not in o["status"])]
+    broken = [
+        o["stage"]
+        for o in outcomes
+        if not (o["status"] == "ok" or o["status"].startswith("skipped") and "no time left" not in o["status"])
+    ]
     return 1 if broken else 0
 
 
 # --- the stages without torch -------------------------------------------------------------------------------
+
 
 def command_output(cmd: list[str], timeout: float = 30) -> tuple[int, str]:
     """(exit status, stdout + stderr) of a short command; (127, "not found") when it is not installed."""
@@ -254,10 +308,29 @@ def first_line(text: str, pattern: str = "") -> str:
     return next((line.strip() for line in text.splitlines() if re.search(pattern, line)), text.strip()[:200])
 
 
-PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "click", "setuptools", "wheel", "pip",
-            "pytest", "hypothesis", "psutil", "onnxscript", "safetensors", "tensorrt")
-NEEDED_HERE = {"pytest": "the pytest stage (--wheels DIR)", "setuptools": "the install stage",
-               "torch": "every measuring stage", "numpy": "every measuring stage"}
+PACKAGES = (
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "click",
+    "setuptools",
+    "wheel",
+    "pip",
+    "pytest",
+    "hypothesis",
+    "psutil",
+    "onnxscript",
+    "safetensors",
+    "tensorrt",
+)
+NEEDED_HERE = {
+    "pytest": "the pytest stage (--wheels DIR)",
+    "setuptools": "the install stage",
+    "torch": "every measuring stage",
+    "numpy": "every measuring stage",
+}
 
 
 def stage_machine(args, rows: Rows) -> int:
@@ -273,11 +346,17 @@ def stage_machine(args, rows: Rows) -> int:
             _, gpus = command_output(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"])
             for gpu in gpus.splitlines():
                 rows.add("GPU", gpu.strip(), data=dict(zip(fields.split(","), map(str.strip, gpu.split(",")))))
-            _, apps = command_output(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
-                                      "--format=csv,noheader"])
+            _, apps = command_output(
+                ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"]
+            )
             rows.add("other processes on the GPU", apps.replace("\n", "; ") or "none")
-    for tool, pattern in (("nvcc", "release"), ("cmake", "version"), ("ncu", "Version"),
-                          ("compute-sanitizer", "Version"), ("g++", "")):
+    for tool, pattern in (
+        ("nvcc", "release"),
+        ("cmake", "version"),
+        ("ncu", "Version"),
+        ("compute-sanitizer", "Version"),
+        ("g++", ""),
+    ):
         code, out = command_output([tool, "--version"])
         rows.add(tool, first_line(out, pattern) if code == 0 else out)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -296,8 +375,11 @@ def stage_machine(args, rows: Rows) -> int:
     rows.add("packages", ", ".join(versions))
     needed = [f"{m} (needed by {NEEDED_HERE[m]})" for m in missing if m in NEEDED_HERE]
     unused = [m for m in missing if m not in NEEDED_HERE]
-    rows.add("missing packages", "; ".join(needed + [f"{', '.join(unused)} (this check uses none of them)"] * bool(unused))
-             or "none", FAIL if {"torch", "numpy"} & set(missing) else "")
+    rows.add(
+        "missing packages",
+        "; ".join(needed + [f"{', '.join(unused)} (this check uses none of them)"] * bool(unused)) or "none",
+        FAIL if {"torch", "numpy"} & set(missing) else "",
+    )
     return rows.exit_status()
 
 
@@ -315,11 +397,16 @@ def stage_install(args, rows: Rows) -> int:
         print(output[-3000:], flush=True)
         last = output.splitlines()[-1] if output else ""
         status = "ok" if done.returncode == 0 else FAIL
-        rows.add(what + (" (pip --dry-run)" if args.dry_run else ""),
-                 f"{last[:200]} ({time.monotonic() - started:.0f} s)", status)
+        rows.add(
+            what + (" (pip --dry-run)" if args.dry_run else ""),
+            f"{last[:200]} ({time.monotonic() - started:.0f} s)",
+            status,
+        )
     # a fresh interpreter outside the tree, without the PYTHONPATH the orchestrator sets: what the install gives
-    probe = ("import json, tpdeploy, tpdeploy.presets\nfrom tpdeploy import schedule\n"
-             "print(json.dumps([tpdeploy.__file__, list(tpdeploy.presets.__path__), sorted(schedule.presets())]))")
+    probe = (
+        "import json, tpdeploy, tpdeploy.presets\nfrom tpdeploy.model import schedule\n"
+        "print(json.dumps([tpdeploy.__file__, list(tpdeploy.presets.__path__), sorted(schedule.presets())]))"
+    )
     env.pop("PYTHONPATH", None)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd="/")
     if done.returncode != 0:
@@ -327,60 +414,36 @@ def stage_install(args, rows: Rows) -> int:
         return rows.exit_status()
     package, presets, names = json.loads(done.stdout)
     inside = Path(package).resolve().is_relative_to(REPO) and all(Path(p).resolve() == REPO / "models" for p in presets)
-    rows.add("tpdeploy resolves from", f"{Path(package).parent}, presets from {', '.join(presets)} "
-             f"({len(names)} presets)", "ok" if inside and "deit_small_058" in names else FAIL)
+    rows.add(
+        "tpdeploy resolves from",
+        f"{Path(package).parent}, presets from {', '.join(presets)} ({len(names)} presets)",
+        "ok" if inside and "deit_small_058" in names else FAIL,
+    )
     return rows.exit_status()
 
 
 def compute_capability(arch: str | None) -> str:
-    """"90" for a GPU of compute capability 9.0: --cuda-arch, else nvidia-smi's, else torch's."""
+    """ "90" for a GPU of compute capability 9.0: --cuda-arch, else nvidia-smi's, else torch's."""
     if arch:
         return arch.removeprefix("sm_").replace(".", "")
     code, out = command_output(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"])
     if code == 0 and re.fullmatch(r"\d+\.\d+", out.splitlines()[0].strip()):
         return out.splitlines()[0].strip().replace(".", "")
-    code, out = command_output([sys.executable, "-c", "import torch; print(*torch.cuda.get_device_capability(), sep='')"],
-                               timeout=60)
+    code, out = command_output(
+        [sys.executable, "-c", "import torch; print(*torch.cuda.get_device_capability(), sep='')"], timeout=60
+    )
     if code == 0 and out.strip().isdigit():
         return out.strip()
     raise LookupError("the GPU's compute capability is unknown (nvidia-smi and torch both failed): pass --cuda-arch")
 
 
-DRY_RUN_ARCH = "90"  # a dry run's nvcc build, where there is one, is for the H200 the project is checked on
-
-
-def cmake_build(build_dir: Path, arch: str, log_path: Path, extra: list[str] = ()) -> tuple[str | None, list[str]]:
-    """Configures and builds plugins/ in build_dir for sm_<arch> alone, with ptxas -v; the whole output goes to
-    log_path line by line and ptxas's report to build_dir/ptxas.txt. Returns (the failed step or None, output
-    lines). Also the tests' plugins_build fixture (tests/conftest.py), so that CI builds as the GPU check does."""
-    steps = [["cmake", "-S", str(REPO / "plugins"), "-B", str(build_dir), f"-DCMAKE_CUDA_ARCHITECTURES={arch}-real",
-              "-DCMAKE_CUDA_FLAGS=--ptxas-options=-v", *extra],
-             ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 1)]]
-    output = []
-    with open(log_path, "a", buffering=1) as log:
-        for step in steps:
-            log.write("$ " + " ".join(step) + "\n")
-            proc = subprocess.Popen(step, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    errors="replace")
-            for line in proc.stdout:
-                log.write(line)
-                output.append(line.rstrip("\n"))
-            if proc.wait() != 0:
-                return f"{' '.join(step[:2])}: exit {proc.returncode}", output
-    ptxas = [line for line in output if "ptxas" in line or "bytes stack frame" in line]
-    if ptxas:  # an up-to-date build compiles nothing, and the last compile's report stays
-        (build_dir / "ptxas.txt").write_text("\n".join(ptxas) + "\n")
-    return None, output
-
-
 def stage_build(args, rows: Rows) -> int:
     if args.dry_run:
-        spec = importlib.util.spec_from_file_location("emulator_build", REPO / "tests" / "cuda_emulator" / "build.py")
-        emulator = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(emulator)
         started = time.monotonic()
-        library = emulator.build(args.results / "emulator")
-        rows.add("emulated kernels (tests/cuda_emulator, g++)", f"{library} ({time.monotonic() - started:.0f} s)", "ok")
+        library = emulator_build.build(args.results / "emulator")
+        rows.add(
+            "emulated kernels (harness/cuda_emulator, g++)", f"{library} ({time.monotonic() - started:.0f} s)", "ok"
+        )
         if not (shutil.which("cmake") and shutil.which("nvcc")):
             return rows.skip("cmake, nvcc and ptxas -v", "dry run without nvcc and cmake")
     elif not shutil.which("cmake"):
@@ -399,8 +462,12 @@ def stage_build(args, rows: Rows) -> int:
         rows.add("build", f"{failed} (build.log)", FAIL)
         return rows.exit_status()
     library, plugin = args.build_dir / KERNELS_LIBRARY, args.build_dir / "libtpdeploy_plugin.so"
-    rows.add("build", f"{library} in {time.monotonic() - started:.0f} s (TensorRT plugin: "
-             f"{'built' if plugin.is_file() else 'not built, no TensorRT headers'})", "ok" if library.is_file() else FAIL)
+    rows.add(
+        "build",
+        f"{library} in {time.monotonic() - started:.0f} s (TensorRT plugin: "
+        f"{'built' if plugin.is_file() else 'not built, no TensorRT headers'})",
+        "ok" if library.is_file() else FAIL,
+    )
     saved = args.build_dir / "ptxas.txt"
     if not any("ptxas" in line for line in output) and saved.is_file():
         rows.add("ptxas -v", f"nothing recompiled: the report of the last compile ({saved})")
@@ -432,9 +499,16 @@ def report_ptxas(lines: list[str], rows: Rows) -> None:
         by_kernel.setdefault(kernel, []).append((f"<{instance}" if instance else "", entries[mangled]))
     for kernel, instances in by_kernel.items():
         spilled = sum(info.get("spill", 0) for _, info in instances)
-        rows.add(f"ptxas {kernel}", "; ".join(f"{inst} {info.get('registers', '?')} registers, {info.get('smem', 0)} B "
-                                              f"shared".lstrip() for inst, info in instances) + f"; {spilled} B spilled",
-                 "" if spilled == 0 else "spills", instances={inst: info for inst, info in instances})
+        rows.add(
+            f"ptxas {kernel}",
+            "; ".join(
+                f"{inst} {info.get('registers', '?')} registers, {info.get('smem', 0)} B shared".lstrip()
+                for inst, info in instances
+            )
+            + f"; {spilled} B spilled",
+            "" if spilled == 0 else "spills",
+            instances={inst: info for inst, info in instances},
+        )
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -457,14 +531,19 @@ def short_kernel_name(kernel: str) -> str:
 
 def test_files() -> list[str]:
     """The test files that hold GPU tests (the others need packages a bare GPU machine lacks)."""
-    return [str(p.relative_to(REPO)) for p in sorted((REPO / "tests").glob("test_*.py"))
-            if "pytest.mark.gpu" in p.read_text()]
+    return [
+        str(p.relative_to(REPO))
+        for p in sorted((REPO / "tests").glob("test_*.py"))
+        if "pytest.mark.gpu" in p.read_text()
+    ]
 
 
 def stage_pytest(args, rows: Rows) -> int:
     if importlib.util.find_spec("pytest") is None:
-        return rows.skip("pytest", "pytest is not installed in this python: pass --wheels DIR with its wheels "
-                                   "(make gpu-check-wheels)")
+        return rows.skip(
+            "pytest",
+            "pytest is not installed in this python: pass --wheels DIR with its wheels (make gpu-check-wheels)",
+        )
     files, report = test_files(), args.results / "pytest.xml"
     report.unlink(missing_ok=True)
     # conftest's plugins_build fixture reuses the build stage's folder (TPDEPLOY_PLUGINS_BUILD) instead of building
@@ -479,9 +558,14 @@ def stage_pytest(args, rows: Rows) -> int:
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    rows.add("pytest " + " ".join(files), f"{passed} passed, {counts['failures']} failed, {counts['errors']} errors, "
-             f"{counts['skipped']} skipped in {time.monotonic() - started:.0f} s (pytest.xml)",
-             "ok" if code == 0 and passed + counts["skipped"] == counts["tests"] else FAIL, passed=passed, **counts)
+    rows.add(
+        "pytest " + " ".join(files),
+        f"{passed} passed, {counts['failures']} failed, {counts['errors']} errors, "
+        f"{counts['skipped']} skipped in {time.monotonic() - started:.0f} s (pytest.xml)",
+        "ok" if code == 0 and passed + counts["skipped"] == counts["tests"] else FAIL,
+        passed=passed,
+        **counts,
+    )
     for case in suite.iter("testcase"):
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         if problem is not None:
@@ -493,14 +577,23 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 
 
 def stage_sanitizer(args, rows: Rows) -> int:
-    workload = [sys.executable, str(HERE / "gpu_measure.py"), "sanitizer-workload", "--results", str(args.results),
-                *(["--dry-run"] * args.dry_run)]
+    workload = [
+        sys.executable,
+        str(HERE / "gpu_measure.py"),
+        "sanitizer-workload",
+        "--results",
+        str(args.results),
+        *(["--dry-run"] * args.dry_run),
+    ]
     sanitizer = shutil.which("compute-sanitizer")
     if args.dry_run or sanitizer is None:  # the workload alone, so that its Python has run
         done = subprocess.run(workload, capture_output=True, text=True, errors="replace")
         print(done.stdout[-2000:] + done.stderr[-4000:], flush=True)
-        rows.add("workload (gpu_measure.py sanitizer-workload)", first_line(done.stdout, "launches") if
-                 done.returncode == 0 else f"exit {done.returncode}", "ok" if done.returncode == 0 else FAIL)
+        rows.add(
+            "workload (gpu_measure.py sanitizer-workload)",
+            first_line(done.stdout, "launches") if done.returncode == 0 else f"exit {done.returncode}",
+            "ok" if done.returncode == 0 else FAIL,
+        )
         for tool in SANITIZER_TOOLS:
             rows.add(tool, "skipped (dry run)" if args.dry_run else "skipped (compute-sanitizer not found)", "skipped")
         return rows.exit_status()
@@ -508,19 +601,32 @@ def stage_sanitizer(args, rows: Rows) -> int:
     env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     for tool in SANITIZER_TOOLS:
         started = time.monotonic()
-        done = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "9", "--print-limit", "20", *workload],
-                              capture_output=True, text=True, errors="replace", env=env)
+        done = subprocess.run(
+            [sanitizer, "--tool", tool, "--error-exitcode", "9", "--print-limit", "20", *workload],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            env=env,
+        )
         output = done.stdout + done.stderr
         (args.results / f"sanitizer-{tool}.txt").write_text(output)
         summary = [line.strip("= ").strip() for line in output.splitlines() if "SUMMARY" in line]
         result = summary[-1] if summary else f"exit {done.returncode}: {first_line(output[-2000:])}"
-        rows.add(tool, f"{result} ({time.monotonic() - started:.0f} s, sanitizer-{tool}.txt)",
-                 "ok" if done.returncode == 0 else FAIL)
+        rows.add(
+            tool,
+            f"{result} ({time.monotonic() - started:.0f} s, sanitizer-{tool}.txt)",
+            "ok" if done.returncode == 0 else FAIL,
+        )
     return rows.exit_status()
 
 
-STAGES = {"machine": stage_machine, "install": stage_install, "build": stage_build, "pytest": stage_pytest,
-          "sanitizer": stage_sanitizer}
+STAGES = {
+    "machine": stage_machine,
+    "install": stage_install,
+    "build": stage_build,
+    "pytest": stage_pytest,
+    "sanitizer": stage_sanitizer,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

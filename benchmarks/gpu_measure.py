@@ -3,10 +3,11 @@
     python benchmarks/gpu_measure.py {torch,kernels,timing,model,sanitizer-workload} --results DIR [--dry-run]
 
 On a GPU the kernels are the build stage's library ($TPDEPLOY_KERNELS) on CUDA tensors. With --dry-run they are
-the CUDA emulator's build of the same sources (tests/cuda_emulator, also found through $TPDEPLOY_KERNELS) on CPU
+the CUDA emulator's build of the same sources (harness/cuda_emulator, also found through $TPDEPLOY_KERNELS) on CPU
 tensors, on smaller shapes with fewer repeats: every path of this file runs, its timings mean nothing.
 Each stage adds its rows to DIR/gpu_check.jsonl (gpu_check.Rows); sanitizer-workload only prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,13 @@ from pathlib import Path
 import torch
 from gpu_check import FAIL, Rows, short_kernel_name
 
-from tpdeploy import kernels, op
-from tpdeploy import model as model_module
-from tpdeploy.artifacts import tokenpool
 from tpdeploy.errors import InvalidArgumentError
-from tpdeploy.model import create_model
-from tpdeploy.op import reference_token_pool
+from tpdeploy.model import vit as model_module
+from tpdeploy.model.factory import create_model
+from tpdeploy.tokenpool import cuda_kernels
+from tpdeploy.tokenpool import definition as tokenpool
+from tpdeploy.tokenpool import reference as op
+from tpdeploy.tokenpool.reference import reference_token_pool
 
 REPO = Path(__file__).resolve().parent.parent
 F32, F16 = torch.float32, torch.float16
@@ -34,8 +36,14 @@ MODES = [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", F
 DTYPES = [(F32, F32), (F16, F32), (F16, F16), (F32, F16)]  # (X, W)
 KINDS = ("random", "tied", "nonfinite")
 # (K as a function of N, T), taken in turn by successive cases
-KT = [(lambda n: 1, 3), (lambda n: n, 3), (lambda n: n // 4, 3), (lambda n: n // 2, 1), (lambda n: n // 4, 0),
-      (lambda n: n // 3, 5)]
+KT = [
+    (lambda n: 1, 3),
+    (lambda n: n, 3),
+    (lambda n: n // 4, 3),
+    (lambda n: n // 2, 1),
+    (lambda n: n // 4, 0),
+    (lambda n: n // 3, 5),
+]
 DRY = False  # set by main: the CPU and the emulated kernels
 DEVICE = torch.device("cuda")
 ARCH = "deit_small"  # a dry run's is deit_tiny
@@ -49,6 +57,7 @@ def preset() -> str:
 
 # --- the kernels, or their stand-in ---------------------------------------------------------------------------
 
+
 def sync() -> None:
     if not DRY:
         torch.cuda.synchronize()
@@ -56,13 +65,13 @@ def sync() -> None:
 
 @functools.cache
 def emulated() -> ctypes.CDLL:
-    return kernels.load(kernels.library_path())
+    return cuda_kernels.load(cuda_kernels.library_path())
 
 
 def launch(p, x, w, y, workspace) -> None:
-    """kernels.launch; in a dry run the emulated library's tokenPoolLaunch on CPU memory."""
+    """cuda_kernels.launch; in a dry run the emulated library's tokenPoolLaunch on CPU memory."""
     if not DRY:
-        return kernels.launch(p, x, w, y, workspace)
+        return cuda_kernels.launch(p, x, w, y, workspace)
     lib = emulated()
     status = lib.tokenPoolLaunch(ctypes.byref(p), x.data_ptr(), w.data_ptr(), y.data_ptr(), workspace.data_ptr(), None)
     if status != 0:
@@ -70,11 +79,11 @@ def launch(p, x, w, y, workspace) -> None:
 
 
 def pool(x, w, k, t, mode, weighted):
-    """The kernels' TokenPool: kernels.token_pool, or in a dry run the same steps on the emulated kernels."""
+    """The kernels' TokenPool: cuda_kernels.token_pool, or in a dry run the same steps on the emulated kernels."""
     if not DRY:
-        return kernels.token_pool(x, w, k, t, mode, weighted)
-    p = kernels.params(x, w, k, t, mode, weighted)
-    workspace = torch.empty(kernels.workspace_size(p), dtype=torch.uint8)
+        return cuda_kernels.token_pool(x, w, k, t, mode, weighted)
+    p = cuda_kernels.params(x, w, k, t, mode, weighted)
+    workspace = torch.empty(cuda_kernels.workspace_size(p), dtype=torch.uint8)
     y = torch.empty(p.batch, k, p.channels, dtype=x.dtype)
     launch(p, x.contiguous(), w.contiguous(), y, workspace)
     return y
@@ -83,16 +92,16 @@ def pool(x, w, k, t, mode, weighted):
 def poisoned(x, w, k, t, mode, weighted):
     """The kernels with Y pre-filled with NaN and the workspace with 0xFF bytes: every output must be written and
     no scratch value read before it is written."""
-    p = kernels.params(x, w, k, t, mode, weighted)
+    p = cuda_kernels.params(x, w, k, t, mode, weighted)
     y = torch.full((p.batch, k, p.channels), float("nan"), dtype=x.dtype, device=x.device)
-    workspace = torch.full((kernels.workspace_size(p),), 255, dtype=torch.uint8, device=x.device)
+    workspace = torch.full((cuda_kernels.workspace_size(p),), 255, dtype=torch.uint8, device=x.device)
     launch(p, x, w, y, workspace)
     return y
 
 
 @contextlib.contextmanager
 def pooling(token_pool):
-    """The models' TokenPool layers call `token_pool` in place of tpdeploy.op.token_pool."""
+    """The models' TokenPool layers call `token_pool` in place of tpdeploy.tokenpool.reference.token_pool."""
     saved = model_module.token_pool
     model_module.token_pool = token_pool
     try:
@@ -108,6 +117,7 @@ def model_pool():
 
 # --- inputs -------------------------------------------------------------------------------------------------
 
+
 def make_inputs(kind: str, b: int, n: int, c: int, seed: int):
     """X [B, N, C] and W [B, N] float32 on DEVICE: "random" normal; "tied" small integers (exact arithmetic in any
     order) whose second half of tokens repeats the first (distance ties), weights 0..3 (ties, weightless
@@ -116,7 +126,7 @@ def make_inputs(kind: str, b: int, n: int, c: int, seed: int):
     if kind == "random":
         return (torch.randn(b, n, c, generator=gen, device=DEVICE), torch.rand(b, n, generator=gen, device=DEVICE))
     x = torch.randint(-2, 3, (b, n, c), generator=gen, device=DEVICE).float()
-    x[:, n // 2:] = x[:, : n - n // 2].clone()
+    x[:, n // 2 :] = x[:, : n - n // 2].clone()
     w = torch.randint(0, 4, (b, n), generator=gen, device=DEVICE).float()
     if kind == "nonfinite":
         for i, v in enumerate((float("nan"), float("inf"), -float("inf"))):
@@ -132,6 +142,7 @@ def bits(t):
 
 # --- kernels: against the reference ---------------------------------------------------------------------------
 
+
 def kernel_shapes():
     """(label, B, N, C): B = 1/8/64 on N, C of DeiT-S/B, then N and C at the kernels' limits (and N = 1)."""
     if DRY:
@@ -139,8 +150,12 @@ def kernel_shapes():
         limits = [(1, tokenpool.KERNEL_MAX_TOKENS, 4), (1, 4, tokenpool.KERNEL_MAX_CHANNELS), (2, 1, 3)]
     else:
         grid = [(b, n, c) for b in (1, 8, 64) for n, c in ((49, 192), (196, 384), (577, 768))]
-        limits = [(1, tokenpool.KERNEL_MAX_TOKENS, 384), (64, tokenpool.KERNEL_MAX_TOKENS, 64),
-                  (2, 64, tokenpool.KERNEL_MAX_CHANNELS), (64, 1, 7)]
+        limits = [
+            (1, tokenpool.KERNEL_MAX_TOKENS, 384),
+            (64, tokenpool.KERNEL_MAX_TOKENS, 64),
+            (2, 64, tokenpool.KERNEL_MAX_CHANNELS),
+            (64, 1, 7),
+        ]
     return [("B 1/8/64, DeiT sizes", *s) for s in grid] + [("N, C at the limits", *s) for s in limits]
 
 
@@ -196,9 +211,11 @@ def check_case(x, w, k, t, mode, weighted, exact: bool) -> tuple[list[str], int,
 
 
 def stage_kernels(rows: Rows) -> int:
-    library = kernels.library_path()
-    rows.add("kernels library", f"{library or 'not found'}{' (emulated: dry run)' if DRY else ''}", "" if library else FAIL)
-    if not DRY and not kernels.available():
+    library = cuda_kernels.library_path()
+    rows.add(
+        "kernels library", f"{library or 'not found'}{' (emulated: dry run)' if DRY else ''}", "" if library else FAIL
+    )
+    if not DRY and not cuda_kernels.available():
         rows.add("kernels", f"not available (CUDA: {torch.cuda.is_available()})", FAIL)
         return rows.exit_status()
     tallies, inputs, failures, started = {}, {}, 0, time.monotonic()
@@ -221,16 +238,29 @@ def stage_kernels(rows: Rows) -> int:
             tally.failures += 1
             failures += 1
             if failures <= 10:
-                rows.add(f"{kind} {mode} weighted={int(weighted)} X {x_dtype} W {w_dtype} B,N,C={b},{n},{c} K={k} T={t}",
-                         "; ".join(problems), FAIL)
+                rows.add(
+                    f"{kind} {mode} weighted={int(weighted)} X {x_dtype} W {w_dtype} B,N,C={b},{n},{c} K={k} T={t}",
+                    "; ".join(problems),
+                    FAIL,
+                )
     for label, tally in tallies.items():
-        rows.add(label, f"{tally.cases} cases (every mode, X/W fp32/fp16, random, tied with duplicates, NaN/Inf; "
-                 f"K 1..N, T 0..5): {tally.failures} failed; random inputs choosing other tokens: {tally.differing} of "
-                 f"{tally.images} images; max error where they agree: fp32 {tally.max_err[F32]:.1e}, "
-                 f"fp16 {tally.max_err[F16]:.1e}", "ok" if tally.failures == 0 else FAIL,
-                 cases=tally.cases, failures=tally.failures, differing=tally.differing, images=tally.images)
-    rows.add("kernels vs reference", f"{sum(t.cases for t in tallies.values())} cases in "
-             f"{time.monotonic() - started:.0f} s{' (emulated: dry run)' if DRY else ''}")
+        rows.add(
+            label,
+            f"{tally.cases} cases (every mode, X/W fp32/fp16, random, tied with duplicates, NaN/Inf; "
+            f"K 1..N, T 0..5): {tally.failures} failed; random inputs choosing other tokens: {tally.differing} of "
+            f"{tally.images} images; max error where they agree: fp32 {tally.max_err[F32]:.1e}, "
+            f"fp16 {tally.max_err[F16]:.1e}",
+            "ok" if tally.failures == 0 else FAIL,
+            cases=tally.cases,
+            failures=tally.failures,
+            differing=tally.differing,
+            images=tally.images,
+        )
+    rows.add(
+        "kernels vs reference",
+        f"{sum(t.cases for t in tallies.values())} cases in "
+        f"{time.monotonic() - started:.0f} s{' (emulated: dry run)' if DRY else ''}",
+    )
     check_fallback(rows)
     return rows.exit_status()
 
@@ -238,8 +268,11 @@ def stage_kernels(rows: Rows) -> int:
 def check_fallback(rows: Rows) -> None:
     """Beyond the kernels' limits the kernels refuse, and tpdeploy.token_pool gives the reference's result."""
     problems = []
-    sizes = [(2, tokenpool.KERNEL_MAX_TOKENS + 1, 4), (1, 4, tokenpool.KERNEL_MAX_CHANNELS + 1),
-             (tokenpool.KERNEL_MAX_BATCH + 1, 2, 1)]
+    sizes = [
+        (2, tokenpool.KERNEL_MAX_TOKENS + 1, 4),
+        (1, 4, tokenpool.KERNEL_MAX_CHANNELS + 1),
+        (tokenpool.KERNEL_MAX_BATCH + 1, 2, 1),
+    ]
     for b, n, c in sizes:
         x, w = make_inputs("tied", b, n, c, seed=n + c)
         k = max(1, n // 4)
@@ -252,11 +285,15 @@ def check_fallback(rows: Rows) -> None:
             got = op.token_pool(x, w, k, 2, "kmedoids", True)
         if not torch.equal(got.cpu(), reference_token_pool(x.cpu(), w.cpu(), k, 2, "kmedoids", True)):
             problems.append(f"tpdeploy.token_pool differs from the reference at B,N,C={b},{n},{c}")
-    rows.add("beyond the limits (N=1025, C=65537, B=65536)", "; ".join(problems) or
-             "the kernels refuse; tpdeploy.token_pool gives the reference's result", FAIL if problems else "ok")
+    rows.add(
+        "beyond the limits (N=1025, C=65537, B=65536)",
+        "; ".join(problems) or "the kernels refuse; tpdeploy.token_pool gives the reference's result",
+        FAIL if problems else "ok",
+    )
 
 
 # --- timing ---------------------------------------------------------------------------------------------------
+
 
 def median_ms(calls, repeats: int, warmup: int = 10) -> tuple[float, str]:
     """Median time of one call, in ms, rotating through `calls`: CUDA events around a replay of one CUDA graph of
@@ -285,13 +322,14 @@ def median_ms(calls, repeats: int, warmup: int = 10) -> tuple[float, str]:
             for call in calls:
                 call()
         replay = graph.replay
-    except Exception as e:  # noqa: BLE001 - any capture failure means: time it eagerly
+    except Exception as e:  # any capture failure means: time it eagerly
         how = f"eager (graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:80]})"
         torch.cuda.synchronize()
 
         def replay():
             for call in calls:
                 call()
+
     for _ in range(warmup):
         replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -322,6 +360,7 @@ def kernel_breakdown(call, runs: int) -> list[tuple[str, float, float]]:
     process, the library's too); in a dry run there are no device kernels: the call's own CPU range."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
+
     with profile(activities=[ProfilerActivity.CPU] + ([] if DRY else [ProfilerActivity.CUDA])) as prof:
         for _ in range(runs):
             with record_function(OP_RANGE):
@@ -342,40 +381,63 @@ def stage_timing(rows: Rows) -> int:
     dense = create_model(ARCH, method="none").to(DEVICE, MODEL_DTYPE)  # seeded weights: peaked attention
     block, c = dense.blocks[0], dense.cfg.embed_dim
     bandwidth, size = copy_bandwidth()
-    rows.add("copy bandwidth", f"{bandwidth / 1e12:.2f} TB/s (read + write, {size >> 20} MiB "
-             f"{'host' if DRY else 'device-to-device'} copy)", bytes_per_s=bandwidth)
+    rows.add(
+        "copy bandwidth",
+        f"{bandwidth / 1e12:.2f} TB/s (read + write, {size >> 20} MiB {'host' if DRY else 'device-to-device'} copy)",
+        bytes_per_s=bandwidth,
+    )
     with torch.inference_mode():
         gen = torch.Generator(device=DEVICE).manual_seed(0)
         tokens = [torch.randn(b, n + 1, c, device=DEVICE, dtype=MODEL_DTYPE, generator=gen) for _ in range(copies)]
         # the op's inputs as in the model: a block's output patch tokens and their float32 significance
         pools = [(out[:, 1:].contiguous(), sig) for out, sig in (block(x, want_significance=True) for x in tokens)]
         block_ms, how = median_ms([lambda x=x: block(x) for x in tokens], repeats)
-        rows.add(f"{ARCH} block {name_of(MODEL_DTYPE)}, B={b}, {n + 1} tokens", f"{block_ms * 1e3:.1f} us ({how})",
-                 ms=block_ms)
+        rows.add(
+            f"{ARCH} block {name_of(MODEL_DTYPE)}, B={b}, {n + 1} tokens",
+            f"{block_ms * 1e3:.1f} us ({how})",
+            ms=block_ms,
+        )
         sig_ms, how = median_ms([lambda x=x: block(x, want_significance=True) for x in tokens], repeats)
-        rows.add(f"{ARCH} block {name_of(MODEL_DTYPE)} with significance, B={b}", f"{sig_ms * 1e3:.1f} us ({how})",
-                 ms=sig_ms)
-        for method, mode, dtype in (("wkmedoids", "kmedoids", F16), ("wkmedoids", "kmedoids", F32),
-                                    ("wkmeans", "kmeans", F16)):
+        rows.add(
+            f"{ARCH} block {name_of(MODEL_DTYPE)} with significance, B={b}", f"{sig_ms * 1e3:.1f} us ({how})", ms=sig_ms
+        )
+        for method, mode, dtype in (
+            ("wkmedoids", "kmedoids", F16),
+            ("wkmedoids", "kmedoids", F32),
+            ("wkmeans", "kmeans", F16),
+        ):
             name = f"{method} X {name_of(dtype)}"
             ins = [(x.to(dtype), w) for x, w in pools]
-            ms, how = median_ms([lambda x=x, w=w: pool(x, w, k, t, mode, True) for x, w in ins], repeats)
+            ms, how = median_ms([lambda x=x, w=w, mode=mode: pool(x, w, k, t, mode, True) for x, w in ins], repeats)
             x, w = ins[0]
             moved = x.nbytes + w.nbytes + b * k * c * x.element_size()  # X and W read, Y written
             floor_ms = moved / bandwidth * 1e3
-            rows.add(f"op {name}, B={b} N={n} C={c} K={k} T={t}",
-                     f"{ms * 1e3:.1f} us ({how}) = {ms / floor_ms:.1f}x its memory floor of {floor_ms * 1e3:.1f} us "
-                     f"({moved / 1e6:.2f} MB at the copy bandwidth); {ms / block_ms:.1%} of the block, "
-                     f"{ms / sig_ms:.1%} of the block with significance", ms=ms, floor_ms=floor_ms, bytes=moved)
-            breakdown = kernel_breakdown(lambda: pool(x, w, k, t, mode, True), runs=2 if DRY else 20)
+            rows.add(
+                f"op {name}, B={b} N={n} C={c} K={k} T={t}",
+                f"{ms * 1e3:.1f} us ({how}) = {ms / floor_ms:.1f}x its memory floor of {floor_ms * 1e3:.1f} us "
+                f"({moved / 1e6:.2f} MB at the copy bandwidth); {ms / block_ms:.1%} of the block, "
+                f"{ms / sig_ms:.1%} of the block with significance",
+                ms=ms,
+                floor_ms=floor_ms,
+                bytes=moved,
+            )
+            runs = 2 if DRY else 20
+            breakdown = kernel_breakdown(lambda x=x, w=w, mode=mode: pool(x, w, k, t, mode, True), runs=runs)
             for kernel, launches, us in breakdown:
-                rows.add(f"  {name}: {kernel}", f"{launches:g} launches, {us:.1f} us per call (profiler, eager)",
-                         launches=launches, us=us)
+                rows.add(
+                    f"  {name}: {kernel}",
+                    f"{launches:g} launches, {us:.1f} us per call (profiler, eager)",
+                    launches=launches,
+                    us=us,
+                )
             rows.add(f"  {name}: all kernels", f"{sum(us for _, _, us in breakdown):.1f} us per call")
             if method == "wkmedoids" and dtype == F16:
                 ratio = ms / block_ms
-                rows.add(f"op / block ({name})", f"{ratio:.1%} of the plain block (target <= 10%), "
-                         f"{ms / sig_ms:.1%} of the block with significance", "met" if ratio <= 0.10 else "missed")
+                rows.add(
+                    f"op / block ({name})",
+                    f"{ratio:.1%} of the plain block (target <= 10%), {ms / sig_ms:.1%} of the block with significance",
+                    "met" if ratio <= 0.10 else "missed",
+                )
     return rows.exit_status()
 
 
@@ -385,11 +447,18 @@ def name_of(dtype) -> str:
 
 # --- model ----------------------------------------------------------------------------------------------------
 
+
 def stage_model(rows: Rows) -> int:
     batches, repeats, copies, check_batch = ((1, 2), 1, 1, 1) if DRY else ((1, 8, 64), 50, 2, 8)
-    rows.add("the model's TokenPool layers", "the emulated kernels (dry run)" if DRY else
-             f"the CUDA kernels ({kernels.library_path()})" if kernels.available() else "the reference: NO KERNELS",
-             "" if DRY or kernels.available() else FAIL)
+    rows.add(
+        "the model's TokenPool layers",
+        "the emulated kernels (dry run)"
+        if DRY
+        else f"the CUDA kernels ({cuda_kernels.library_path()})"
+        if cuda_kernels.available()
+        else "the reference: NO KERNELS",
+        "" if DRY or cuda_kernels.available() else FAIL,
+    )
     pooled = create_model(ARCH, preset=preset())
     dense = create_model(ARCH, method="none")
     images = torch.randn(check_batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(DEVICE)
@@ -403,30 +472,42 @@ def stage_model(rows: Rows) -> int:
         err = (got - want).abs().max().item()
         top1 = (got.argmax(1) == want.argmax(1)).float().mean().item()
         good = err <= tol * max(1.0, want.abs().max().item()) and top1 == 1.0
-        rows.add(f"Token-Pooled {ARCH} {name_of(dtype)}, B={check_batch}: kernels vs reference op",
-                 f"largest logit difference {err:.1e}, top-1 agreement {top1:.0%}", "ok" if good else FAIL)
+        rows.add(
+            f"Token-Pooled {ARCH} {name_of(dtype)}, B={check_batch}: kernels vs reference op",
+            f"largest logit difference {err:.1e}, top-1 agreement {top1:.0%}",
+            "ok" if good else FAIL,
+        )
     pooled.to(DEVICE, MODEL_DTYPE)
     dense.to(DEVICE, MODEL_DTYPE)
     gen = torch.Generator(device=DEVICE).manual_seed(1)
     with torch.inference_mode(), pooling(model_pool()):
         for b in batches:
-            inputs = [torch.randn(b, 3, 224, 224, device=DEVICE, dtype=MODEL_DTYPE, generator=gen)
-                      for _ in range(copies)]
+            inputs = [
+                torch.randn(b, 3, 224, 224, device=DEVICE, dtype=MODEL_DTYPE, generator=gen) for _ in range(copies)
+            ]
             p_ms, how = median_ms([lambda x=x: pooled(x) for x in inputs], repeats)
             d_ms, _ = median_ms([lambda x=x: dense(x) for x in inputs], repeats)
             speedup, target = d_ms / p_ms, b == 64
-            rows.add(f"Token-Pooled (0.58x) vs dense {ARCH}, {name_of(MODEL_DTYPE)}, B={b}",
-                     f"{p_ms:.2f} ms ({b / p_ms * 1e3:.0f} img/s) vs {d_ms:.2f} ms ({b / d_ms * 1e3:.0f} img/s): "
-                     f"{speedup:.2f}x{' (target >= 1.5x)' if target else ''} ({how}; median of {repeats})",
-                     ("met" if speedup >= 1.5 else "missed") if target else "", pooled_ms=p_ms, dense_ms=d_ms)
+            rows.add(
+                f"Token-Pooled (0.58x) vs dense {ARCH}, {name_of(MODEL_DTYPE)}, B={b}",
+                f"{p_ms:.2f} ms ({b / p_ms * 1e3:.0f} img/s) vs {d_ms:.2f} ms ({b / d_ms * 1e3:.0f} img/s): "
+                f"{speedup:.2f}x{' (target >= 1.5x)' if target else ''} ({how}; median of {repeats})",
+                ("met" if speedup >= 1.5 else "missed") if target else "",
+                pooled_ms=p_ms,
+                dense_ms=d_ms,
+            )
     return rows.exit_status()
 
 
 # --- torch, and the sanitizer's workload ----------------------------------------------------------------------
 
+
 def stage_torch(rows: Rows) -> int:
-    rows.add("torch", f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
-             f"{torch.get_num_threads()} CPU threads")
+    rows.add(
+        "torch",
+        f"{torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+        f"{torch.get_num_threads()} CPU threads",
+    )
     if DRY:
         return rows.skip("CUDA", "dry run")
     if not torch.cuda.is_available():
@@ -437,16 +518,22 @@ def stage_torch(rows: Rows) -> int:
     rows.add("CUDA initialisation", f"{time.monotonic() - started:.1f} s")
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        rows.add(f"cuda:{i}", f"{p.name}, compute capability {p.major}.{p.minor}, {p.total_memory >> 20} MiB, "
-                 f"{p.multi_processor_count} SMs")
+        rows.add(
+            f"cuda:{i}",
+            f"{p.name}, compute capability {p.major}.{p.minor}, {p.total_memory >> 20} MiB, "
+            f"{p.multi_processor_count} SMs",
+        )
     return rows.exit_status()
 
 
 def sanitizer_workload() -> int:
     """A few launches of every kernel, mode and dtype pair, with the workspace and Y uninitialised as the op
     allocates them (compute-sanitizer runs this; it only prints)."""
-    shapes = [(2, 200, 40, MODES, DTYPES), (1, tokenpool.KERNEL_MAX_TOKENS, 8, MODES[::2], DTYPES[:2]),
-              (2, 17, 130, MODES[::2], DTYPES[:2])]
+    shapes = [
+        (2, 200, 40, MODES, DTYPES),
+        (1, tokenpool.KERNEL_MAX_TOKENS, 8, MODES[::2], DTYPES[:2]),
+        (2, 17, 130, MODES[::2], DTYPES[:2]),
+    ]
     launches = 0
     for b, n, c, modes, dtypes in shapes:
         x, w = make_inputs("random", b, n, c, seed=n)

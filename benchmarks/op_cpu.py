@@ -5,13 +5,15 @@ at the same batch and token count (196 patch tokens + CLS).
 
     python benchmarks/op_cpu.py [--batch 32] [--duration 20]
 """
+
 import argparse
 
 import torch
 
-from tpdeploy import bench
-from tpdeploy.model import Block, get_config
-from tpdeploy.op import token_pool
+from tpdeploy.model.registry import get_config
+from tpdeploy.model.vit import Block
+from tpdeploy.tasks import bench
+from tpdeploy.tokenpool.reference import token_pool
 
 BLOCK = "DeiT-S block (dense attention)"
 
@@ -44,8 +46,10 @@ def main():
     ap.add_argument("--duration", type=float, default=20.0)
     args = ap.parse_args()
     stats = measure(args.batch, args.tokens, args.clusters, args.iterations, args.duration)
-    print(f"B={args.batch} N={args.tokens} C=384 K={args.clusters} T={args.iterations}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {bench.machine()['cpu']}")
+    print(
+        f"B={args.batch} N={args.tokens} C=384 K={args.clusters} T={args.iterations}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {bench.machine()['cpu']}"
+    )
     print(bench.table(list(stats.items())))
     for name, s in stats.items():
         if name != BLOCK:

@@ -8,12 +8,14 @@ the pair interleaved with spinning on and off, and the first model alone with sp
 
     python benchmarks/ort_spinning.py POOLED.onnx DENSE.onnx [--batch 1] [--duration 60] [--block 3]
 """
+
 import argparse
 import os
 import time
 
-from tpdeploy import bench, runtime
-from tpdeploy.images import sample_images
+from tpdeploy import runtime
+from tpdeploy.data.samples import sample_images
+from tpdeploy.tasks import bench
 
 
 def measure(pooled: str, dense: str, batch=1, duration=60.0, block=3.0) -> dict:
@@ -28,11 +30,15 @@ def measure(pooled: str, dense: str, batch=1, duration=60.0, block=3.0) -> dict:
     end = time.perf_counter() + duration
     while time.perf_counter() < end:
         for name, calls in configs.items():
-            for acc, t in zip(times[name], bench.measure([lambda c=c: c(images) for c in calls], warmup_ms=200,
-                                                         duration_s=block)):
+            for acc, t in zip(
+                times[name], bench.measure([lambda c=c: c(images) for c in calls], warmup_ms=200, duration_s=block)
+            ):
                 acc.extend(t)
-    return {f"{name}: {model}": bench.LatencyStats.of(t, batch)
-            for name, per_model in times.items() for model, t in zip(("pooled", "dense"), per_model)}
+    return {
+        f"{name}: {model}": bench.LatencyStats.of(t, batch)
+        for name, per_model in times.items()
+        for model, t in zip(("pooled", "dense"), per_model)
+    }
 
 
 def main():
@@ -45,14 +51,18 @@ def main():
     args = ap.parse_args()
     load = os.getloadavg()[0]
     stats = measure(args.pooled, args.dense, args.batch, args.duration, args.block)
-    print(f"onnxruntime, batch {args.batch}, {args.duration:.0f} s in blocks of {args.block:.0f} s, "
-          f"{bench.machine()['cpu']} ({os.cpu_count()} cores), load average {load:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after; pooled: {args.pooled}, dense: {args.dense}")
+    print(
+        f"onnxruntime, batch {args.batch}, {args.duration:.0f} s in blocks of {args.block:.0f} s, "
+        f"{bench.machine()['cpu']} ({os.cpu_count()} cores), load average {load:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after; pooled: {args.pooled}, dense: {args.dense}"
+    )
     print(bench.table(list(stats.items())))
     for setting, model in (("pair", "pooled"), ("pair", "dense"), ("alone", "pooled")):
         on, off = (stats[f"{setting} spin {s}: {model}"] for s in ("on", "off"))
-        print(f"{model} {'interleaved' if setting == 'pair' else 'alone'}: median {on.median:.1f} ms spinning on, "
-              f"{off.median:.1f} ms off ({on.median / off.median:.2f}x); mean {on.mean:.1f} vs {off.mean:.1f} ms")
+        print(
+            f"{model} {'interleaved' if setting == 'pair' else 'alone'}: median {on.median:.1f} ms spinning on, "
+            f"{off.median:.1f} ms off ({on.median / off.median:.2f}x); mean {on.mean:.1f} vs {off.mean:.1f} ms"
+        )
 
 
 if __name__ == "__main__":

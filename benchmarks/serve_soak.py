@@ -1,7 +1,7 @@
 """Soak of `tpdeploy serve`: --requests requests from --clients concurrent clients, HTTP and gRPC, raw tensors and
 JPEGs mixed, every answer checked, the server's memory watched.
 
-One server (tests/serving_harness.py, as `tpdeploy serve` runs it) on Token-Pooled DeiT-Ti. Client i uses gRPC
+One server (harness/serving.py, as `tpdeploy serve` runs it) on Token-Pooled DeiT-Ti. Client i uses gRPC
 when i is odd, HTTP otherwise; its requests alternate between one raw image tensor (model NAME, dynamically
 batched) and one JPEG (NAME_classify). Each answer is compared with a direct run of the same runtime on the same
 image in this process:
@@ -19,6 +19,7 @@ tritonserver, the stubs) every second: at the end of the --warmup requests and a
 
     python benchmarks/serve_soak.py [--model tp.onnx] [--requests 10000] [--clients 32]
 """
+
 import argparse
 import itertools
 import os
@@ -29,14 +30,15 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from exports import export_if_missing  # noqa: E402
-from serving_harness import ServerProcess, encoded_image, inference_counts  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # harness/
+from exports import export_if_missing
 
-from tpdeploy import bench, runtime  # noqa: E402
-from tpdeploy.images import sample_images  # noqa: E402
-from tpdeploy.preprocess import preprocess_image  # noqa: E402
-from tpdeploy.serving.handlers import top_classes  # noqa: E402
+from harness.serving import ServerProcess, encoded_image, inference_counts
+from tpdeploy import runtime
+from tpdeploy.data.preprocess import preprocess_image
+from tpdeploy.data.samples import sample_images
+from tpdeploy.serving.handlers import top_classes
+from tpdeploy.tasks import bench
 
 NAME = "tp"
 RTOL = 1e-5
@@ -55,8 +57,9 @@ class References:
         self.alone = np.stack([in_batch(k, 1) for k in range(n)])
         self.batched = [np.stack([in_batch(k, b) for k in range(n)]) for b in sorted({2, max_batch})]
         self.tol = RTOL * float(np.abs(self.alone).max())
-        self.top5 = [[a[0] for a in top_classes(runner.infer(preprocess_image(j, runner.data_config)[None]))]
-                     for j in jpegs]
+        self.top5 = [
+            [a[0] for a in top_classes(runner.infer(preprocess_image(j, runner.data_config)[None]))] for j in jpegs
+        ]
 
     def judge_tensor(self, k, logits):
         """('exact' | 'batch-dependent' | 'wrong', top-1 changed, max |logit - batch-1 logit|)."""
@@ -84,10 +87,12 @@ class Soak:
     def client(self, i):
         if i % 2:
             import tritonclient.grpc as module
+
             client, protocol = module.InferenceServerClient(self.server.grpc_url), "gRPC"
             kwargs, binary = {"client_timeout": 300}, {}
         else:
             import tritonclient.http as module
+
             client, protocol = self.server.http_client(), "HTTP"
             kwargs, binary = {}, {"binary_data": True}
         refs = self.refs
@@ -102,7 +107,7 @@ class Soak:
                 try:
                     if kind == "tensor":
                         inp = module.InferInput("images", [1, 3, 224, 224], "FP32")
-                        inp.set_data_from_numpy(refs.tensors[k:k + 1], **binary)
+                        inp.set_data_from_numpy(refs.tensors[k : k + 1], **binary)
                         logits = client.infer(NAME, [inp], **kwargs).as_numpy("logits")[0]
                         verdict = refs.judge_tensor(k, logits)
                     else:
@@ -110,7 +115,7 @@ class Soak:
                         inp.set_data_from_numpy(np.array([[refs.jpegs[k]]], dtype=object), **binary)
                         res = client.infer(f"{NAME}_classify", [inp], **kwargs)
                         verdict = refs.judge_jpeg(k, res.as_numpy("classes")[0], res.as_numpy("scores")[0])
-                except Exception as e:  # noqa: BLE001 - counted and reported
+                except Exception as e:  # counted and reported
                     with self.lock:
                         self.failures.append(f"{kind} over {protocol}: {str(e)[:200]}")
                     continue
@@ -126,7 +131,7 @@ def rss_mb(server):
     for p in server.processes():
         try:
             total += p.memory_info().rss
-        except Exception:  # noqa: BLE001 - a process that just ended
+        except Exception:  # a process that just ended
             pass
     return total / 2**20
 
@@ -142,8 +147,9 @@ def main():
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-queue-delay-us", type=int, default=500)
     args = ap.parse_args()
-    model = args.model or export_if_missing(os.path.join(args.workdir, "deit_tiny_058.onnx"), "deit_tiny",
-                                            preset="deit_tiny_058")
+    model = args.model or export_if_missing(
+        os.path.join(args.workdir, "deit_tiny_058.onnx"), "deit_tiny", preset="deit_tiny_058"
+    )
     runner = runtime.load(model)
     tensors = sample_images(args.images, seed=100)
     jpegs = [encoded_image("JPEG", seed=200 + k, size=(320 + 8 * k, 240 + 4 * k)) for k in range(args.images)]
@@ -152,9 +158,12 @@ def main():
     runner.close()
 
     m = bench.machine()
-    print(f"soak of tpdeploy serve: {m['cpu']}, {m['cpu_count']} CPUs, {args.requests} requests, {args.clients} "
-          f"clients, max batch {args.max_batch}, max queue delay {args.max_queue_delay_us} us, load average "
-          f"{os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print(
+        f"soak of tpdeploy serve: {m['cpu']}, {m['cpu_count']} CPUs, {args.requests} requests, {args.clients} "
+        f"clients, max batch {args.max_batch}, max queue delay {args.max_queue_delay_us} us, load average "
+        f"{os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
     server = ServerProcess(model, name=NAME, max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us)
     rss = []  # (requests answered, MB)
     try:
@@ -192,15 +201,21 @@ def main():
     print(f"{'  wrong':<36}{verdicts.count('wrong')}")
     print(f"{'  exact (= batch-1 direct run)':<36}{verdicts.count('exact')}")
     flips = sum(1 for r in recs if r[4] == "batch-dependent" and r[5])
-    print(f"{'  batch-dependent (= batched run)':<36}{verdicts.count('batch-dependent')}, of which top-1 changed: "
-          f"{flips}")
+    print(
+        f"{'  batch-dependent (= batched run)':<36}{verdicts.count('batch-dependent')}, of which top-1 changed: {flips}"
+    )
     tensor_diffs = np.array([r[6] for r in recs if r[0] == "tensor"])
     if len(tensor_diffs):
-        print(f"{'  tensors bit-identical to batch 1':<36}{int((tensor_diffs == 0).sum())} of {len(tensor_diffs)}, "
-              f"max |dlogit| {tensor_diffs.max():.1e} (tolerance {refs.tol:.1e})")
+        print(
+            f"{'  tensors bit-identical to batch 1':<36}{int((tensor_diffs == 0).sum())} of {len(tensor_diffs)}, "
+            f"max |dlogit| {tensor_diffs.max():.1e} (tolerance {refs.tol:.1e})"
+        )
     print(f"{'throughput':<36}{len(recs) / elapsed:.1f} requests/s ({elapsed:.0f} s)")
-    for label, sel in (("latency, all", recs), ("latency, tensors", [r for r in recs if r[0] == "tensor"]),
-                       ("latency, JPEGs", [r for r in recs if r[0] == "JPEG"])):
+    for label, sel in (
+        ("latency, all", recs),
+        ("latency, tensors", [r for r in recs if r[0] == "tensor"]),
+        ("latency, JPEGs", [r for r in recs if r[0] == "JPEG"]),
+    ):
         ms = np.array([r[3] for r in sel]) * 1e3
         if len(ms):
             print(f"{label:<36}p50 {np.percentile(ms, 50):.0f} ms, p99 {np.percentile(ms, 99):.0f} ms ({len(ms)})")
@@ -208,12 +223,17 @@ def main():
     print(f"{'mean dynamic batch (tensors)':<36}{inferences / max(executions, 1):.2f}")
     after_warmup = [mb for n, mb in rss if n >= args.warmup]
     if after_warmup:
-        print(f"{'server RSS':<36}{after_warmup[0]:.0f} MB after {args.warmup} requests, {after_warmup[-1]:.0f} MB "
-              f"at the end (max {max(after_warmup):.0f} MB, {len(rss)} samples, 1 per second)")
-    print(f"{'stop (SIGTERM)':<36}exit {rc} in {server.stop_seconds:.1f} s, left running: "
-          f"{server.leftovers or 'nothing'}")
-    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; clients and server "
-          f"on the same machine")
+        print(
+            f"{'server RSS':<36}{after_warmup[0]:.0f} MB after {args.warmup} requests, {after_warmup[-1]:.0f} MB "
+            f"at the end (max {max(after_warmup):.0f} MB, {len(rss)} samples, 1 per second)"
+        )
+    print(
+        f"{'stop (SIGTERM)':<36}exit {rc} in {server.stop_seconds:.1f} s, left running: {server.leftovers or 'nothing'}"
+    )
+    print(
+        f"load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; clients and server "
+        f"on the same machine"
+    )
 
 
 if __name__ == "__main__":

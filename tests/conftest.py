@@ -9,35 +9,47 @@ from pathlib import Path
 
 import pytest
 
+from harness.plugins_build import DRY_RUN_ARCH, cmake_build
+
 
 def has_cuda():
     try:
         import torch
+
         return torch.cuda.is_available()
     except ImportError:
         return False
+
+
+# Tests that use these fixtures export a whole model or build the plugins (minutes here): marked slow, so that
+# `pytest -m "not slow"` is a fast loop; CI runs everything.
+SLOW_FIXTURES = {"tiny_onnx", "tiny_dense_onnx", "family_onnx", "plugins_build"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 requires_gpu = pytest.mark.skipif(not has_cuda(), reason="needs an NVIDIA GPU with a CUDA build of torch")
 requires_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (the CUDA toolkit)")
 
 REPO = Path(__file__).resolve().parent.parent
-# NVIDIA/TensorRT's public repository as a bare git dir: its include/ folder is all the plugin needs to build
-TENSORRT_GIT_DIR = Path(os.environ.get("TENSORRT_GIT_DIR", "/work/.mirror/NVIDIA+TensorRT/repo"))
+# NVIDIA/TensorRT's public repository as a git dir, where $TENSORRT_GIT_DIR names one: its include/ folder is all
+# the plugin needs to build (without it, and without $TENSORRT_ROOT, the plugin's build tests skip)
+TENSORRT_GIT_DIR = os.environ.get("TENSORRT_GIT_DIR")
 TENSORRT_HEADERS_REF = "v11.1"  # the headers of the session's plugins build when $TENSORRT_ROOT is not set
 PLUGINS_BUILD_ENV = "TPDEPLOY_PLUGINS_BUILD"  # a finished build folder the plugins_build fixture reuses
 
 
 def load_script(name, path):
-    """A script of the repository (benchmarks/, tests/cuda_emulator/) as a module."""
+    """A script of the repository (benchmarks/) as a module, to test it."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # as an import would (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
-
-
-gpu_check = load_script("gpu_check", REPO / "benchmarks" / "gpu_check.py")  # its build, the plugins_build fixture's
 
 
 @pytest.fixture(scope="session")
@@ -69,18 +81,21 @@ def family_onnx(workdir):
 
     def get(arch):
         if arch not in cache:
-            from tpdeploy.export import export
-            from tpdeploy.model import create_model
+            from tpdeploy.convert.export import export
+            from tpdeploy.model.factory import create_model
+
             model = create_model(arch, preset=f"{arch}_058")
             path = str(workdir / f"{arch}_058.onnx")
             cache[arch] = (model, path, export(model, path))
         return cache[arch]
+
     return get
 
 
 def _export_once(path, **model_args):
-    from tpdeploy.export import export
-    from tpdeploy.model import create_model
+    from tpdeploy.convert.export import export
+    from tpdeploy.model.factory import create_model
+
     if not path.exists():
         export(create_model("deit_tiny", **model_args), str(path))
     return str(path)
@@ -103,8 +118,10 @@ def tensorrt_headers(tmp_path_factory):
     exported = {}
 
     def include_dir(ref):
+        if ref not in exported and TENSORRT_GIT_DIR is None:
+            exported[ref] = None
         if ref not in exported:
-            archive = ["git", "--git-dir", str(TENSORRT_GIT_DIR), "archive", "--format=tar", ref, "include"]
+            archive = ["git", "--git-dir", TENSORRT_GIT_DIR, "archive", "--format=tar", ref, "include"]
             done = subprocess.run(archive, capture_output=True)
             exported[ref] = None
             if done.returncode == 0:
@@ -119,7 +136,7 @@ def tensorrt_headers(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def plugins_build(tmp_path_factory, tensorrt_headers):
-    """plugins/ built once per session by the GPU check's CMake build (benchmarks/gpu_check.py `cmake_build`: one
+    """plugins/ built once per session by the GPU check's CMake build (harness/plugins_build.py `cmake_build`: one
     GPU architecture, this machine's GPU, else the sm_90 of the H200 the project is checked on; ptxas -v) into a
     fresh folder, with -Werror on the C++ (-Wall -Wextra come from the CMake files). The TensorRT plugin is built
     against $TENSORRT_ROOT's headers, else those of TENSORRT_HEADERS_REF from TENSORRT_GIT_DIR, else not at all.
@@ -127,19 +144,22 @@ def plugins_build(tmp_path_factory, tensorrt_headers):
     Returns the build folder."""
     if os.environ.get(PLUGINS_BUILD_ENV):
         build = Path(os.environ[PLUGINS_BUILD_ENV])
-        assert (build / "libtokenpool_kernels.so").is_file(), f"{PLUGINS_BUILD_ENV}={build} holds no libtokenpool_kernels.so"
+        assert (build / "libtokenpool_kernels.so").is_file(), (
+            f"{PLUGINS_BUILD_ENV}={build} holds no libtokenpool_kernels.so"
+        )
         return build
     if shutil.which("nvcc") is None or shutil.which("cmake") is None:
         pytest.skip("needs nvcc and cmake")
-    arch = gpu_check.DRY_RUN_ARCH
+    arch = DRY_RUN_ARCH
     if has_cuda():
         import torch
+
         arch = "{}{}".format(*torch.cuda.get_device_capability())
     build = tmp_path_factory.mktemp("plugins")
     extra = ["-DCMAKE_CXX_FLAGS=-Werror"]
     include = None if os.environ.get("TENSORRT_ROOT") else tensorrt_headers(TENSORRT_HEADERS_REF)
     if include is not None:
         extra.append(f"-DTENSORRT_INCLUDE_DIR={include}")
-    failed, output = gpu_check.cmake_build(build, arch, build / "build.log", extra)
+    failed, output = cmake_build(build, arch, build / "build.log", extra)
     assert failed is None, f"{failed}:\n" + "\n".join(output[-80:])
     return build

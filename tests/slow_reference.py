@@ -2,6 +2,7 @@
 
 Every tie is broken by sorting on (value, index), which is the SPEC's "ties go to the lowest index".
 """
+
 import numpy as np
 
 

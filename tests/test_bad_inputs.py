@@ -3,6 +3,7 @@ error), never a traceback, and no file written, left behind or changed (every fi
 
 The command line runs in-process through click's CliRunner (the same `main` as the `tpdeploy` command);
 the Python API raises TpdeployError subclasses, never a raw TypeError or a silent truncation."""
+
 import hashlib
 import os
 import shutil
@@ -11,19 +12,20 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from standin import standin_onnx
+
 from tpdeploy import create_model, runtime, token_pool
 from tpdeploy.artifacts.recipe import DataConfig
 from tpdeploy.cli import main
+from tpdeploy.data.preprocess import preprocess_image
+from tpdeploy.data.samples import sample_images
 from tpdeploy.errors import InvalidArgumentError, TpdeployError, UserError
-from tpdeploy.images import sample_images
-from tpdeploy.preprocess import preprocess_image
 
 
 def _has_tensorrt():
     try:
         import tensorrt
+
         return hasattr(tensorrt, "Builder")
     except ImportError:
         return False
@@ -59,35 +61,83 @@ def snapshot(folder):
 DENSE = ",".join(["196"] * 12)
 CLI_CASES = [
     # export: inputs are never written over; bad model requests fail before any file appears
-    ("export over its checkpoint", ["export", "--arch", "deit_tiny", "--method", "none", "--checkpoint", "ck.pth",
-                                    "-o", "ck.pth"], 1, "also an input"),
+    (
+        "export over its checkpoint",
+        ["export", "--arch", "deit_tiny", "--method", "none", "--checkpoint", "ck.pth", "-o", "ck.pth"],
+        1,
+        "also an input",
+    ),
     ("export to a folder", ["export", "--arch", "deit_tiny", "-o", "dir.onnx"], 1, "it is a folder"),
     ("export to a missing folder", ["export", "--arch", "deit_tiny", "-o", "no/x.onnx"], 1, "does not exist"),
-    ("export a missing checkpoint", ["export", "--arch", "deit_tiny", "--checkpoint", "no.pth", "-o", "x.onnx"], 1,
-     "checkpoint not found"),
-    ("export a corrupt checkpoint", ["export", "--arch", "deit_tiny", "--checkpoint", "garbage.pth", "-o", "x.onnx"],
-     1, "cannot read checkpoint"),
-    ("export a checkpoint of another arch", ["export", "--arch", "deit_small", "--checkpoint", "ck.pth", "-o",
-                                             "x.onnx"], 1, "does not fit deit_small"),
+    (
+        "export a missing checkpoint",
+        ["export", "--arch", "deit_tiny", "--checkpoint", "no.pth", "-o", "x.onnx"],
+        1,
+        "checkpoint not found",
+    ),
+    (
+        "export a corrupt checkpoint",
+        ["export", "--arch", "deit_tiny", "--checkpoint", "garbage.pth", "-o", "x.onnx"],
+        1,
+        "cannot read checkpoint",
+    ),
+    (
+        "export a checkpoint of another arch",
+        ["export", "--arch", "deit_small", "--checkpoint", "ck.pth", "-o", "x.onnx"],
+        1,
+        "does not fit deit_small",
+    ),
     ("export an unknown arch", ["export", "--arch", "vit_huge", "-o", "x.onnx"], 1, "unknown architecture"),
-    ("export a growing schedule", ["export", "--arch", "deit_tiny", "--schedule", "196,200" + ",100" * 10, "-o",
-                                   "x.onnx"], 1, "not non-increasing"),
+    (
+        "export a growing schedule",
+        ["export", "--arch", "deit_tiny", "--schedule", "196,200" + ",100" * 10, "-o", "x.onnx"],
+        1,
+        "not non-increasing",
+    ),
     ("export a non-numeric schedule", ["export", "--schedule", "196,x", "-o", "x.onnx"], 1, "comma-separated"),
-    ("export a short schedule", ["export", "--arch", "deit_tiny", "--schedule", "196,100", "-o", "x.onnx"], 1,
-     "one per block"),
-    ("export a schedule above 196", ["export", "--arch", "deit_tiny", "--schedule", ",".join(["197"] * 12), "-o",
-                                     "x.onnx"], 1, "must start at 196"),
-    ("export grid off the square", ["export", "--arch", "deit_tiny", "--method", "grid", "--schedule",
-                                    "196" + ",150" * 11, "-o", "x.onnx"], 1, "not a square"),
-    ("export dense with a schedule", ["export", "--arch", "deit_tiny", "--method", "none", "--schedule",
-                                      "196" + ",100" * 11, "-o", "x.onnx"], 1, "cannot drop tokens"),
-    ("export an unreachable ratio", ["export", "--arch", "deit_tiny", "--flops-ratio", "0.01", "-o", "x.onnx"], 1,
-     "below the smallest reachable"),
+    (
+        "export a short schedule",
+        ["export", "--arch", "deit_tiny", "--schedule", "196,100", "-o", "x.onnx"],
+        1,
+        "one per block",
+    ),
+    (
+        "export a schedule above 196",
+        ["export", "--arch", "deit_tiny", "--schedule", ",".join(["197"] * 12), "-o", "x.onnx"],
+        1,
+        "must start at 196",
+    ),
+    (
+        "export grid off the square",
+        ["export", "--arch", "deit_tiny", "--method", "grid", "--schedule", "196" + ",150" * 11, "-o", "x.onnx"],
+        1,
+        "not a square",
+    ),
+    (
+        "export dense with a schedule",
+        ["export", "--arch", "deit_tiny", "--method", "none", "--schedule", "196" + ",100" * 11, "-o", "x.onnx"],
+        1,
+        "cannot drop tokens",
+    ),
+    (
+        "export an unreachable ratio",
+        ["export", "--arch", "deit_tiny", "--flops-ratio", "0.01", "-o", "x.onnx"],
+        1,
+        "below the smallest reachable",
+    ),
     ("export a zero ratio", ["export", "--flops-ratio", "0", "-o", "x.onnx"], 2, "not a finite number > 0"),
-    ("export two schedules", ["export", "--preset", "deit_tiny_058", "--flops-ratio", "0.5", "-o", "x.onnx"], 1,
-     "at most one"),
-    ("export a preset of another arch", ["export", "--preset", "deit_small_058", "--arch", "deit_tiny", "-o",
-                                         "x.onnx"], 1, "is for deit_small"),
+    (
+        "export two schedules",
+        ["export", "--preset", "deit_tiny_058", "--flops-ratio", "0.5", "-o", "x.onnx"],
+        1,
+        "at most one",
+    ),
+    (
+        "export a preset of another arch",
+        ["export", "--preset", "deit_small_058", "--arch", "deit_tiny", "-o", "x.onnx"],
+        1,
+        "is for deit_small",
+    ),
     ("export a bad preset file", ["export", "--preset", "bad.toml", "-o", "x.onnx"], 1, "not a valid preset"),
     ("export an old opset", ["export", "--arch", "deit_tiny", "--opset", "17", "-o", "x.onnx"], 1, "too old"),
     ("export negative iterations", ["export", "--iterations", "-1", "-o", "x.onnx"], 2, "-1"),
@@ -119,28 +169,50 @@ CLI_CASES = [
     ("bench an engine on ort", ["bench", "ort:random.plan"], 1, "runs ONNX files"),
     # build-engine
     ("build-engine over its input", ["build-engine", "tp.onnx", "-o", "tp.onnx"], 1, "also an input"),
-    ("build-engine a bad profile", ["build-engine", "tp.onnx", "-o", "x.plan", "--min-batch", "8", "--opt-batch",
-                                    "4"], 1, "min <= opt <= max"),
+    (
+        "build-engine a bad profile",
+        ["build-engine", "tp.onnx", "-o", "x.plan", "--min-batch", "8", "--opt-batch", "4"],
+        1,
+        "min <= opt <= max",
+    ),
     ("build-engine a corrupt file", ["build-engine", "garbage.onnx", "-o", "x.plan"], 1, "cannot read ONNX"),
-    ("build-engine a missing plugin", ["build-engine", "tp.onnx", "-o", "x.plan", "--plugin", "no.so"], 1,
-     "library not found"),
-    ("build-engine plugin and no plugin", ["build-engine", "tp.onnx", "-o", "x.plan", "--plugin", "tp.onnx",
-                                           "--no-plugin"], 1, "not both"),
-    pytest.param("build-engine without TensorRT", ["build-engine", "tp.onnx", "-o", "x.plan", "--no-plugin"], 1,
-                 "pip install 'tpdeploy[tensorrt]'", id="build-engine without TensorRT",
-                 marks=pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed")),
+    (
+        "build-engine a missing plugin",
+        ["build-engine", "tp.onnx", "-o", "x.plan", "--plugin", "no.so"],
+        1,
+        "library not found",
+    ),
+    (
+        "build-engine plugin and no plugin",
+        ["build-engine", "tp.onnx", "-o", "x.plan", "--plugin", "tp.onnx", "--no-plugin"],
+        1,
+        "not both",
+    ),
+    pytest.param(
+        "build-engine without TensorRT",
+        ["build-engine", "tp.onnx", "-o", "x.plan", "--no-plugin"],
+        1,
+        "pip install 'tpdeploy[tensorrt]'",
+        id="build-engine without TensorRT",
+        marks=pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed"),
+    ),
     # triton-repo
     ("triton-repo random bytes as an engine", ["triton-repo", "random.plan", "--repository", "repo"], 1, "no sidecar"),
-    ("triton-repo a bad model name", ["triton-repo", "tp.onnx", "--repository", "repo", "--name", "a b"], 1,
-     "model name"),
+    (
+        "triton-repo a bad model name",
+        ["triton-repo", "tp.onnx", "--repository", "repo", "--name", "a b"],
+        1,
+        "model name",
+    ),
     ("triton-repo into a file", ["triton-repo", "tp.onnx", "--repository", "tp.onnx/models"], 1, "cannot create"),
     # usage
     ("an unknown command", ["exprot"], 2, "No such command"),
 ]
 
 
-@pytest.mark.parametrize("name,args,code,message",
-                         [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CLI_CASES])
+@pytest.mark.parametrize(
+    "name,args,code,message", [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in CLI_CASES]
+)
 def test_cli_mistakes(inputs, monkeypatch, name, args, code, message):
     monkeypatch.chdir(inputs)
     monkeypatch.delenv("TPDEPLOY_PLUGIN", raising=False)
@@ -168,10 +240,16 @@ API_CASES = [
     ("K > N", lambda: token_pool(*_x(), 11), "num_clusters must be in [1, N=10]"),
     ("an unknown mode", lambda: token_pool(*_x(), 3, mode="kmedian"), "mode must be one of"),
     ("weighted 2", lambda: token_pool(*_x(), 3, weighted=2), "weighted must be True or False"),
-    ("numpy tensors", lambda: token_pool(np.zeros((1, 4, 2), np.float32), np.zeros((1, 4), np.float32), 2),
-     "X must be a torch.Tensor, got ndarray"),
-    ("integer tensors", lambda: token_pool(torch.zeros(1, 4, 2, dtype=torch.int64), torch.zeros(1, 4), 2),
-     "X must be float32 or float16, got torch.int64"),
+    (
+        "numpy tensors",
+        lambda: token_pool(np.zeros((1, 4, 2), np.float32), np.zeros((1, 4), np.float32), 2),
+        "X must be a torch.Tensor, got ndarray",
+    ),
+    (
+        "integer tensors",
+        lambda: token_pool(torch.zeros(1, 4, 2, dtype=torch.int64), torch.zeros(1, 4), 2),
+        "X must be float32 or float16, got torch.int64",
+    ),
     ("W of the wrong shape", lambda: token_pool(torch.zeros(1, 4, 2), torch.zeros(1, 5), 2), "W must be [B, N]"),
     ("a float schedule", lambda: create_model("deit_tiny", schedule=[196.7] * 12), "must be an integer"),
     ("iterations 2.5 in a model", lambda: create_model("deit_tiny", iterations=2.5), "iterations must be an integer"),
@@ -183,8 +261,11 @@ API_CASES = [
     ("threads 2.5", lambda: runtime.load(_tiny(), threads=2.5), "threads must be an integer"),
     ("backend tensorrt", lambda: runtime.load(_tiny(), backend="tensorrt"), "backend must be one of"),
     ("a path that is not one", lambda: runtime.load(42), "path must be a file path"),
-    ("images of the wrong size", lambda: runtime.load(_tiny()).infer(np.zeros((1, 3, 32, 32), np.float32)),
-     "images must have shape [B, 3, 224, 224]"),
+    (
+        "images of the wrong size",
+        lambda: runtime.load(_tiny()).infer(np.zeros((1, 3, 32, 32), np.float32)),
+        "images must have shape [B, 3, 224, 224]",
+    ),
     ("integer images", lambda: runtime.load(_tiny()).infer(sample_images(1).astype(np.int64)), "float32 or float16"),
     ("an empty image", lambda: preprocess_image(b"", DataConfig()), "empty image"),
     ("a size for a config", lambda: preprocess_image(b"x", 224), "must be a DataConfig"),

@@ -1,9 +1,11 @@
 """Latency statistics that say how many samples they stand on, and timing settings that can measure."""
-import pytest
 
+import pytest
 from test_cli import run
-from tpdeploy import bench, runtime
+
+from tpdeploy import runtime
 from tpdeploy.errors import InvalidArgumentError
+from tpdeploy.tasks import bench
 
 
 def test_percentiles_need_enough_samples():
@@ -23,10 +25,15 @@ def test_percentiles_need_enough_samples():
         bench.LatencyStats.of([], 1)
 
 
-@pytest.mark.parametrize("kwargs,message", [({"duration_s": 0.0}, "duration_s must be > 0"),
-                                            ({"warmup_ms": -1.0}, "warmup_ms must be >= 0"),
-                                            ({"iterations": 0}, "iterations must be >= 1"),
-                                            ({"duration_s": float("nan")}, "finite")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"duration_s": 0.0}, "duration_s must be > 0"),
+        ({"warmup_ms": -1.0}, "warmup_ms must be >= 0"),
+        ({"iterations": 0}, "iterations must be >= 1"),
+        ({"duration_s": float("nan")}, "finite"),
+    ],
+)
 def test_measure_refuses_settings_that_cannot_measure(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         bench.measure([lambda: None], **kwargs)
@@ -44,8 +51,9 @@ def test_measure_interleaves_and_counts_rounds():
     assert order[2:] == ["a", "b", "b", "a", "a", "b"]  # after one warm-up run each, the order alternates
 
 
-@pytest.mark.parametrize("option,value", [("--duration", "0"), ("--duration", "-1"), ("--warmup-ms", "-5"),
-                                          ("--duration", "nan")])
+@pytest.mark.parametrize(
+    "option,value", [("--duration", "0"), ("--duration", "-1"), ("--warmup-ms", "-5"), ("--duration", "nan")]
+)
 def test_bench_refuses_durations_that_cannot_measure(tmp_path, option, value):
     result = run("bench", tmp_path / "x.onnx", option, value)
     assert result.returncode == 2 and "is not a finite number" in result.stderr and "Traceback" not in result.stderr

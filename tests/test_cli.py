@@ -1,4 +1,5 @@
 """The `tpdeploy` command end to end, through a subprocess, as a user runs it."""
+
 import json
 import os
 import subprocess
@@ -6,10 +7,10 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FAMILIES
 from test_model import timm_like_state
-from tpdeploy.model import get_config, list_archs
+
+from tpdeploy.model.registry import get_config, list_archs
 
 TPDEPLOY = [sys.executable, "-m", "tpdeploy"]
 
@@ -85,8 +86,20 @@ def test_export_prints_what_it_built(models):
 
 def test_bench_json_with_baseline(models):
     folder = models[0]
-    result = run("bench", folder / "tp.onnx", "--baseline", folder / "dense.onnx", "--batch", 2, "--iterations", 12,
-                 "--warmup-ms", 50, "--json", folder / "bench.json")
+    result = run(
+        "bench",
+        folder / "tp.onnx",
+        "--baseline",
+        folder / "dense.onnx",
+        "--batch",
+        2,
+        "--iterations",
+        12,
+        "--warmup-ms",
+        50,
+        "--json",
+        folder / "bench.json",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads((folder / "bench.json").read_text())
     assert set(data["latency_ms"]) == {"min", "mean", "median", "p90", "p95", "p99", "max"}
@@ -135,8 +148,9 @@ def test_bad_checkpoints_and_schedules(tmp_path):
 
 
 def test_unwritable_output(tmp_path):
-    assert_user_error(run("export", "--arch", "deit_tiny", "--method", "none", "-o", tmp_path / "no" / "x.onnx"),
-                      "does not exist")
+    assert_user_error(
+        run("export", "--arch", "deit_tiny", "--method", "none", "-o", tmp_path / "no" / "x.onnx"), "does not exist"
+    )
 
 
 def test_corrupt_or_missing_model_files(tmp_path):

@@ -1,5 +1,6 @@
 """TensorRT engine building and loading: every decision tested here without TensorRT; the real build is
 `pytest -m trt` on a machine with TensorRT and a GPU."""
+
 import json
 import os
 import subprocess
@@ -11,14 +12,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import FAMILIES
 from standin import standin_engine, standin_onnx
-from tpdeploy import TpdeployError, engine, onnx_op
-from tpdeploy.artifacts import engine_file, libraries
+
+from tpdeploy import TpdeployError
+from tpdeploy.artifacts import engine_file, plugins
 from tpdeploy.artifacts.files import sha256
-from tpdeploy.backends import trt as trt_backend
-from tpdeploy.images import sample_images
+from tpdeploy.convert import engine
+from tpdeploy.data.samples import sample_images
+from tpdeploy.runtime import tensorrt as trt_backend
+from tpdeploy.tokenpool import libraries, onnx_function
 
 
 @pytest.fixture
@@ -41,8 +44,9 @@ def test_default_profile_and_fp16_means_a_converted_graph(tmp_path, plugin):
     assert (plan.spec.min_batch, plan.opt_batch, plan.spec.max_batch) == (1, 8, 32)
     assert plan.convert_to_fp16 and plan.fp16 and plan.spec.input.dtype == plan.spec.output.dtype == "float16"
     assert plan.recipe.dtype == "fp16" and plan.plugin == plugin
-    assert plan.token_pool_nodes == [{"name": "TokenPool_0", "num_clusters": 150, "iterations": 3,
-                                      "mode": "kmedoids", "weighted": 1}]
+    assert plan.token_pool_nodes == [
+        {"name": "TokenPool_0", "num_clusters": 150, "iterations": 3, "mode": "kmedoids", "weighted": 1}
+    ]
     fp16_file = engine.plan_build(standin_onnx(tmp_path / "h.onnx", dtype="float16"), str(tmp_path / "h.plan"))
     assert fp16_file.fp16 and not fp16_file.convert_to_fp16
     plain = engine.plan_build(standin_onnx(tmp_path / "p.onnx"), str(tmp_path / "p.plan"))
@@ -107,8 +111,11 @@ def test_the_plan_for_every_family(family_onnx, tmp_path, plugin, arch):
 def test_the_plugin_plan_refuses_what_the_kernels_cannot_run(tmp_path, plugin):
     """N <= 1024, batch <= 65535: beyond, the plan says how to build without the plugin (the ONNX function)."""
     big = standin_onnx(tmp_path / "big.onnx", size=296, tokens=1369, pools=((600, "kmedoids"),))  # ViT/8 at 296 px
-    with pytest.raises(TpdeployError, match=r"TokenPool_0 pools 1369 tokens of 192 channels at batch up to 32; the "
-                                            r"TokenPool kernels take N <= 1024.*--no-plugin"):
+    with pytest.raises(
+        TpdeployError,
+        match=r"TokenPool_0 pools 1369 tokens of 192 channels at batch up to 32; the "
+        r"TokenPool kernels take N <= 1024.*--no-plugin",
+    ):
         engine.plan_build(big, str(tmp_path / "big.plan"))
     assert engine.plan_build(big, str(tmp_path / "big.plan"), no_plugin=True).plugin is None
     fits = standin_onnx(tmp_path / "fits.onnx", size=384, tokens=576, pools=((514, "kmedoids"),))
@@ -121,15 +128,18 @@ def test_no_plugin_inlines_the_function_and_folds_its_constant_condition(tmp_pat
     """--no-plugin hands TensorRT the function body with `If (iterations == 0)` resolved: standard ops, no If
     around the Loop, and the same results as the original."""
     for iterations, loops in ((3, 1), (0, 0)):
-        model = onnx_op.single_op_model("float32", 5, iterations, "kmedoids", True)
-        inlined = onnx_op.inline_functions(model)
+        model = onnx_function.single_op_model("float32", 5, iterations, "kmedoids", True)
+        inlined = onnx_function.inline_functions(model)
         assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
         assert [n.op_type for n in inlined.graph.node].count("If") == 0
         assert [n.op_type for n in inlined.graph.node].count("Loop") == loops
         onnx.checker.check_model(inlined, full_check=True)
         rng = np.random.default_rng(iterations)
         feeds = {"X": rng.normal(size=(2, 20, 8)).astype(np.float32), "W": rng.random((2, 20)).astype(np.float32)}
-        run = lambda m: ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0]  # noqa: E731
+
+        def run(m, feeds=feeds):
+            return ort.InferenceSession(m.SerializeToString()).run(None, feeds)[0]
+
         np.testing.assert_array_equal(run(inlined), run(model))
 
 
@@ -137,8 +147,9 @@ def test_network_onnx_is_what_tensorrt_parses(tmp_path, plugin):
     path = standin_onnx(tmp_path / "m.onnx")
     with_plugin = onnx.load_from_string(engine.network_onnx(engine.plan_build(path, str(tmp_path / "a.plan"))))
     assert [n.op_type for n in with_plugin.graph.node].count("TokenPool") == 1
-    inlined = onnx.load_from_string(engine.network_onnx(engine.plan_build(path, str(tmp_path / "b.plan"),
-                                                                          no_plugin=True)))
+    inlined = onnx.load_from_string(
+        engine.network_onnx(engine.plan_build(path, str(tmp_path / "b.plan"), no_plugin=True))
+    )
     assert "TokenPool" not in {n.op_type for n in inlined.graph.node} and not inlined.functions
 
 
@@ -204,7 +215,7 @@ def test_each_plugin_library_is_loaded_once_per_process(tmp_path):
     """TensorRT's loadLibrary refuses a library whose creators are registered: build then load two engines
     (and bench --baseline, compare a.plan b.plan) must load it once; a different library is refused."""
     calls = []
-    registry = libraries.PluginLibraries()
+    registry = plugins.PluginLibraries()
     lib = tmp_path / "libtpdeploy_plugin.so"
     lib.write_bytes(b"plugin")
     copy = tmp_path / "repo" / "libtpdeploy_plugin.so"
@@ -214,6 +225,7 @@ def test_each_plugin_library_is_loaded_once_per_process(tmp_path):
     def load_library(path):
         calls.append(path)
         return f"handle:{path}"
+
     handle = registry.load(str(lib), load_library)  # build-engine
     assert registry.load(str(lib), load_library) == handle  # the first engine's runner
     assert registry.load(str(copy), load_library) == handle  # the same bytes from a model repository
@@ -222,7 +234,7 @@ def test_each_plugin_library_is_loaded_once_per_process(tmp_path):
     other.write_bytes(b"another build")
     with pytest.raises(TpdeployError, match="already loaded in this process"):
         registry.load(str(other), load_library)
-    failing = libraries.PluginLibraries()
+    failing = plugins.PluginLibraries()
     with pytest.raises(TpdeployError, match="could not load the plugin library") as e:
         failing.load(str(other), lambda path: None)
     assert e.value.exit_code == 3 and failing.loaded() == []
@@ -238,8 +250,9 @@ def test_tensorrt_version_rule():
 
 def test_info_on_an_engine_reads_its_sidecar(tmp_path, plugin):
     plan_path, _ = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"), fp16=True)
-    result = subprocess.run([sys.executable, "-m", "tpdeploy", "info", plan_path, "--json"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tpdeploy", "info", plan_path, "--json"], capture_output=True, text=True
+    )
     info = json.loads(result.stdout)
     assert info["tensorrt_version"] == "10.8.0.43" and info["compute_capability"] == "90"
     assert "float16" in info["io"] and info["dtype"] == "fp16" and info["build"]["fp16"]
@@ -248,6 +261,7 @@ def test_info_on_an_engine_reads_its_sidecar(tmp_path, plugin):
 def _has_tensorrt():
     try:
         import tensorrt
+
         return hasattr(tensorrt, "Builder")
     except ImportError:
         return False
@@ -256,8 +270,11 @@ def _has_tensorrt():
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed: the missing-TensorRT path cannot be shown")
 def test_build_engine_without_tensorrt_says_what_to_install(tmp_path, plugin):
     onnx_path = standin_onnx(tmp_path / "m.onnx")
-    result = subprocess.run([sys.executable, "-m", "tpdeploy", "build-engine", onnx_path, "-o", str(tmp_path / "m.plan"),
-                             "--fp16"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tpdeploy", "build-engine", onnx_path, "-o", str(tmp_path / "m.plan"), "--fp16"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: building and running TensorRT engines needs ")
     assert "pip install 'tpdeploy[tensorrt]'" in result.stderr
@@ -267,12 +284,14 @@ def test_build_engine_without_tensorrt_says_what_to_install(tmp_path, plugin):
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed")
 def test_runtime_engine_without_tensorrt(tmp_path, plugin):
     from tpdeploy import runtime
+
     plan_path, _ = standin_engine(tmp_path, standin_onnx(tmp_path / "m.onnx"))
     with pytest.raises(TpdeployError, match="needs TensorRT"):
         runtime.load(plan_path)
 
 
 # --- with TensorRT and a GPU ------------------------------------------------------------------------------
+
 
 def _trt_ready():
     if not _has_tensorrt():
@@ -292,15 +311,17 @@ requires_trt = pytest.mark.skipif(_trt_ready() is not None, reason=str(_trt_read
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     from tpdeploy import create_model
-    from tpdeploy.export import export
+    from tpdeploy.convert.export import export
+
     folder = tmp_path_factory.mktemp("trt")
     out = {}
     for name, kwargs in {"pooled": {"preset": "deit_small_058"}, "dense": {"method": "none"}}.items():
         onnx_path = str(folder / f"{name}.onnx")
         export(create_model("deit_small", **kwargs), onnx_path)
         for precision in ("fp32", "fp16"):
-            plan = engine.plan_build(onnx_path, str(folder / f"{name}_{precision}.plan"), fp16=precision == "fp16",
-                                     max_batch=16)
+            plan = engine.plan_build(
+                onnx_path, str(folder / f"{name}_{precision}.plan"), fp16=precision == "fp16", max_batch=16
+            )
             engine.build(plan)
             out[name, precision] = (onnx_path, plan.output)
     return out
@@ -311,6 +332,7 @@ def engines(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_onnxruntime(engines, precision):
     from tpdeploy import runtime
+
     onnx_path, plan = engines["pooled", precision]
     images = sample_images(8, seed=4)
     want = runtime.load(onnx_path).infer(images)
@@ -325,19 +347,21 @@ def test_engine_matches_onnxruntime(engines, precision):
 @requires_trt
 def test_two_engines_and_a_build_in_one_process(engines, tmp_path):
     from tpdeploy import runtime
+
     onnx_path, plan_a = engines["pooled", "fp32"]
     plan_b = engines["pooled", "fp16"][1]
     a, b = runtime.load(plan_a), runtime.load(plan_b)
     images = sample_images(2)
     assert a.infer(images).shape == b.infer(images).shape == (2, 1000)
     engine.build(engine.plan_build(onnx_path, str(tmp_path / "again.plan"), max_batch=4))
-    assert len(libraries.PLUGINS.loaded()) == 1
+    assert len(plugins.PLUGINS.loaded()) == 1
 
 
 @pytest.mark.trt
 @requires_trt
 def test_engine_from_8_threads(engines):
     from tpdeploy import runtime
+
     onnx_path, plan = engines["pooled", "fp32"]
     model = runtime.load(plan)
     images = [sample_images(b, seed=b) for b in range(1, 9)]
@@ -349,8 +373,9 @@ def test_engine_from_8_threads(engines):
             for _ in range(20):
                 got = model.infer(images[i])
                 assert np.abs(got - want[i]).max() / np.abs(want[i]).max() <= 1e-3
-        except Exception as e:  # noqa: BLE001 - collected and asserted below
+        except Exception as e:  # collected and asserted below
             errors.append(e)
+
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
@@ -362,9 +387,13 @@ def test_engine_from_8_threads(engines):
 @pytest.mark.trt
 @requires_trt
 def test_engine_dense_vs_pooled_timing(engines):
-    from tpdeploy import bench, runtime
+    from tpdeploy import runtime
+    from tpdeploy.tasks import bench
+
     calls = [runtime.load(engines[name, "fp16"][1]).timed_call(sample_images(16)) for name in ("pooled", "dense")]
     pooled, dense = (bench.LatencyStats.of(t, 16) for t in bench.measure(calls, 200, iterations=50))
-    print(f"TensorRT fp16 batch 16: pooled {pooled.median:.3f} ms, dense {dense.median:.3f} ms, "
-          f"speed-up {dense.median / pooled.median:.2f}x")
+    print(
+        f"TensorRT fp16 batch 16: pooled {pooled.median:.3f} ms, dense {dense.median:.3f} ms, "
+        f"speed-up {dense.median / pooled.median:.2f}x"
+    )
     assert pooled.median > 0 and dense.median > 0

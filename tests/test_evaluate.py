@@ -1,11 +1,11 @@
 """`tpdeploy eval`: label layouts, exact accuracy on a model whose predictions are known, bad data, backends."""
+
 import io
 import json
 import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 
@@ -15,11 +15,12 @@ import torch
 
 Image = pytest.importorskip("PIL.Image", reason="needs Pillow")
 
-from test_cli import TPDEPLOY, assert_user_error, run  # noqa: E402
-from test_model import timm_layout  # noqa: E402
-from tpdeploy.artifacts.recipe import DataConfig  # noqa: E402
-from tpdeploy.errors import UserError  # noqa: E402
-from tpdeploy.evaluate import imagenet_synsets, open_dataset  # noqa: E402
+from test_cli import TPDEPLOY, assert_user_error, run
+from test_model import timm_layout
+
+from tpdeploy.artifacts.recipe import DataConfig
+from tpdeploy.data.datasets import imagenet_synsets, open_dataset
+from tpdeploy.errors import UserError
 
 SYNSETS = imagenet_synsets()
 DEIT = DataConfig()
@@ -46,6 +47,7 @@ def png16(array, colour_type):
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
@@ -64,8 +66,19 @@ def eval_json(folder, *args):
 # -- a model whose predictions are known: the class is the nearest of K colours to the image's colour --
 
 # the colours of classes 0..K-1 (8-bit RGB); chosen so that no two distances to a colour nearly tie
-COLOURS = np.array([(230, 40, 50), (40, 200, 70), (60, 80, 220), (240, 220, 60), (200, 60, 200), (50, 210, 210),
-                    (245, 245, 245), (128, 128, 128), (90, 50, 20)])
+COLOURS = np.array(
+    [
+        (230, 40, 50),
+        (40, 200, 70),
+        (60, 80, 220),
+        (240, 220, 60),
+        (200, 60, 200),
+        (50, 210, 210),
+        (245, 245, 245),
+        (128, 128, 128),
+        (90, 50, 20),
+    ]
+)
 K = len(COLOURS)
 
 
@@ -97,8 +110,8 @@ def nearest_colour_checkpoint(path):
             state[k].fill_(1.0)
     c = torch.tensor(normalised(COLOURS), dtype=torch.float32)
     state["patch_embed.proj.weight"][:K] = (2 * c / 256)[:, :, None, None].expand(K, 3, 16, 16)
-    state["patch_embed.proj.bias"][:K] = -(c ** 2).sum(1)
-    state["blocks.0.attn.qkv.weight"][2 * d:] = torch.eye(d)
+    state["patch_embed.proj.bias"][:K] = -(c**2).sum(1)
+    state["blocks.0.attn.qkv.weight"][2 * d :] = torch.eye(d)
     state["blocks.0.attn.proj.weight"].copy_(torch.eye(d))
     state["head.weight"][:K, :K] = torch.eye(K)
     state["head.bias"][K:] = -1000.0
@@ -110,7 +123,8 @@ def nearest_colour_checkpoint(path):
 def colour_model(tmp_path_factory):
     """(ONNX file, checkpoint): the nearest-colour model, Token-Pooled (0.58x preset)."""
     from tpdeploy import create_model
-    from tpdeploy.export import export
+    from tpdeploy.convert.export import export
+
     folder = tmp_path_factory.mktemp("colour")
     checkpoint = nearest_colour_checkpoint(folder / "nearest_colour.pth")
     path = str(folder / "nearest_colour.onnx")
@@ -188,8 +202,11 @@ def test_an_interrupted_eval_leaves_no_json(colour_model, tmp_path):
     fifo = data / SYNSETS[0] / "zz_blocks.png"
     os.mkfifo(fifo)
     out = tmp_path / "out.json"
-    proc = subprocess.Popen(TPDEPLOY + ["eval", colour_model[0], "--data", str(data), "--batch", "1", "--json",
-                                        str(out)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        TPDEPLOY + ["eval", colour_model[0], "--data", str(data), "--batch", "1", "--json", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while "evaluating" not in proc.stderr.readline():
         assert proc.poll() is None
     time.sleep(1.0)
@@ -205,7 +222,8 @@ def test_an_interrupted_eval_leaves_no_json(colour_model, tmp_path):
 
 
 def test_a_model_agrees_with_itself_and_the_torch_backend_counts_the_same(tiny_onnx, tmp_path):
-    from tpdeploy.images import sample_rgb_images
+    from tpdeploy.data.samples import sample_rgb_images
+
     plain = tmp_path / "plain"
     for i, rgb in enumerate(sample_rgb_images(6, 240, seed=1)):
         save(plain / f"{i}.png", rgb)
@@ -229,14 +247,16 @@ def test_data_errors_are_one_line(tiny_onnx, tmp_path):
     assert_user_error(run("eval", tiny_onnx, "--data", tmp_path / "missing"), "not a folder")
     for name in ("cats", "dogs"):
         save(tmp_path / "pets" / name / "a.png", solid((1, 2, 3)))
-    assert_user_error(run("eval", tiny_onnx, "--data", tmp_path / "pets"),
-                      "has 2 class folders but the model has 1000 classes")
+    assert_user_error(
+        run("eval", tiny_onnx, "--data", tmp_path / "pets"), "has 2 class folders but the model has 1000 classes"
+    )
     save(tmp_path / "flat" / "a.png", solid((1, 2, 3)))
     assert_user_error(run("eval", tiny_onnx, "--data", tmp_path / "flat"), "give --baseline")
     assert sorted(os.listdir(tmp_path)) == ["empty", "flat", "pets"]
 
 
 # -- label layouts (no model needed) --
+
 
 def images(folder, names):
     for name in names:
@@ -247,8 +267,13 @@ def images(folder, names):
 def test_class_folders_in_sorted_order(tmp_path):
     images(tmp_path, ["b/1.png", "b/2.jpg", "a/x.jpeg", "c/deep/y.webp", "c/z.PNG", "c/notes.txt"])
     d = open_dataset(str(tmp_path), num_classes=3)
-    assert [os.path.relpath(p, tmp_path) for p in d.paths] == ["a/x.jpeg", "b/1.png", "b/2.jpg", "c/z.PNG",
-                                                               "c/deep/y.webp"]
+    assert [os.path.relpath(p, tmp_path) for p in d.paths] == [
+        "a/x.jpeg",
+        "b/1.png",
+        "b/2.jpg",
+        "c/z.PNG",
+        "c/deep/y.webp",
+    ]
     assert d.labels == [0, 1, 1, 2, 2] and d.layout.startswith("class folders")
     assert any("not images" in n for n in d.notes)
     with pytest.raises(UserError, match="has 3 class folders but the model has 5 classes"):
@@ -287,8 +312,10 @@ def test_imageid_predictionstring_csv(tmp_path):
     names = ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"]
     images(tmp_path / "val", names)
     labels = tmp_path / "LOC_val_solution.csv"
-    labels.write_text("ImageId,PredictionString\nILSVRC2012_val_00000002,n15075141 1 2 3 4 n15075141 5 6 7 8\n"
-                      "ILSVRC2012_val_00000001,n01751748 10 20 30 40\n")
+    labels.write_text(
+        "ImageId,PredictionString\nILSVRC2012_val_00000002,n15075141 1 2 3 4 n15075141 5 6 7 8\n"
+        "ILSVRC2012_val_00000001,n01751748 10 20 30 40\n"
+    )
     d = open_dataset(str(tmp_path / "val"), str(labels), num_classes=1000)
     assert d.labels == [65, 999] and d.layout.startswith("ImageId,PredictionString")
 
@@ -304,8 +331,7 @@ def devkit(folder, ground_truth):
     order.insert(0, "n02119789")
     order.insert(489, "n01751748")
     entries = [(i + 1, wnid, "words", 0) for i, wnid in enumerate(order)] + [(1001, "n00001740", "entity", 3)]
-    synsets = np.array(entries, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"),
-                                       ("num_children", "O")])
+    synsets = np.array(entries, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")])
     data = folder / "data"
     data.mkdir(parents=True)
     savemat(data / "meta.mat", {"synsets": synsets})
@@ -317,8 +343,10 @@ def test_devkit_ground_truth_maps_devkit_ids_to_the_sorted_order(tmp_path):
     order = devkit(tmp_path / "ILSVRC2012_devkit_t12", [490, 1, 1000, 77])
     images(tmp_path / "val", [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)])
     expected = [65, 278, SYNSETS.index(order[999])]
-    for labels in (tmp_path / "ILSVRC2012_devkit_t12", tmp_path / "ILSVRC2012_devkit_t12" / "data" /
-                   "ILSVRC2012_validation_ground_truth.txt"):
+    for labels in (
+        tmp_path / "ILSVRC2012_devkit_t12",
+        tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt",
+    ):
         d = open_dataset(str(tmp_path / "val"), str(labels), num_classes=1000)
         assert d.labels == expected and d.layout.startswith("ILSVRC2012 devkit")
         assert any("1 labelled files" in n for n in d.notes)  # image 4 is not in the folder

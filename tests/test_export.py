@@ -1,4 +1,5 @@
 """Exported ONNX files: structure, onnxruntime vs PyTorch for every method, fp16, file handling."""
+
 import subprocess
 import sys
 
@@ -6,12 +7,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import FAMILIES
-from tpdeploy import TpdeployError, create_model, onnx_op
-from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
-from tpdeploy.export import export
-from tpdeploy.images import sample_images
+
+from tpdeploy import TpdeployError, create_model
+from tpdeploy.convert.export import export
+from tpdeploy.data.samples import sample_images
+from tpdeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 METHODS = ["wkmedoids", "kmedoids", "wkmeans", "kmeans", "topk", "grid", "none"]
 
@@ -27,6 +28,7 @@ def exported(tmp_path_factory):
             path = str(folder / f"{method}.onnx")
             cache[method] = (model, path, export(model, path))
         return cache[method]
+
     return get
 
 
@@ -63,8 +65,14 @@ def test_one_token_pool_node_per_pooling_step(exported, method):
     for node, k in zip(nodes, drops):
         assert node.domain == "tpdeploy"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs == {"num_clusters": k, "iterations": 0 if method == "topk" else 3, "mode": mode.encode(),
-                         "weighted": weighted, "plugin_version": b"1", "plugin_namespace": b"tpdeploy"}
+        assert attrs == {
+            "num_clusters": k,
+            "iterations": 0 if method == "topk" else 3,
+            "mode": mode.encode(),
+            "weighted": weighted,
+            "plugin_version": b"1",
+            "plugin_namespace": b"tpdeploy",
+        }
     assert [(f.domain, f.name) for f in proto.functions] == [("tpdeploy", "TokenPool")]
     assert {(o.domain, o.version) for o in proto.opset_import} >= {("", 20), ("tpdeploy", 1)}
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -83,7 +91,9 @@ def test_every_family_exports_one_token_pool_node_per_step_and_matches_pytorch(f
     proto = onnx.load(path)
     nodes = [n for n in proto.graph.node if n.op_type == "TokenPool"]
     assert len(nodes) == len(model.pools) == report.token_pool_nodes == 11
-    clusters = [onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "num_clusters")) for n in nodes]
+    clusters = [
+        onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "num_clusters")) for n in nodes
+    ]
     assert clusters == [k for n, k in zip(model.tokens, model.tokens[1:]) if k < n]
     runner = OnnxRuntimeRunner(path)
     assert runner.spec.input.shape == (None, 3, cfg.img_size, cfg.img_size)
@@ -111,7 +121,7 @@ def test_fixed_batch_export(tmp_path):
         runner.infer(sample_images(3))
     images = sample_images(5)  # any number, in chunks of 2, the last one padded (serve and eval rely on it)
     want = np.concatenate([runner.infer(images[:2]), runner.infer(images[2:4]), runner.infer(images[3:5])[1:]])
-    np.testing.assert_array_equal(runner.infer_any_batch(images), want)
+    np.testing.assert_array_equal(runner.run_any(images), want)
 
 
 def test_unwritable_output_leaves_nothing(tmp_path):
@@ -139,9 +149,11 @@ def test_runner_rejects_wrong_input(exported):
 
 def test_runtime_serves_without_importing_pytorch(exported):
     _, path, _ = exported("topk")
-    code = ("import sys, numpy as np; from tpdeploy import runtime; m = runtime.load(sys.argv[1]); "
-            "y = m.infer(np.zeros((2, 3, 224, 224), np.float32)); "
-            "assert y.shape == (2, 1000) and 'torch' not in sys.modules, sorted(sys.modules)")
+    code = (
+        "import sys, numpy as np; from tpdeploy import runtime; m = runtime.load(sys.argv[1]); "
+        "y = m.infer(np.zeros((2, 3, 224, 224), np.float32)); "
+        "assert y.shape == (2, 1000) and 'torch' not in sys.modules, sorted(sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -151,7 +163,8 @@ def test_the_recipe_records_the_checkpoints_hash_not_its_path(tmp_path):
     model (compare, the torch backend) needs that very checkpoint again."""
     from tpdeploy.artifacts.files import sha256
     from tpdeploy.artifacts.onnx_file import OnnxFile
-    from tpdeploy.backends.pytorch import TorchRunner
+    from tpdeploy.runtime.pytorch import TorchRunner
+
     ck = tmp_path / "weights" / "ck.pth"
     ck.parent.mkdir()
     torch.save(create_model("deit_tiny", method="none", seed=7).state_dict(), ck)
@@ -189,17 +202,36 @@ def test_files_are_ir_9_and_run_alike_in_the_oldest_onnxruntime_for_opset_20(exp
     python = venv / "bin" / "python"
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "onnxruntime==1.17.3", "numpy<2"], check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "onnxruntime==1.17.3",
+                "numpy<2",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot install onnxruntime 1.17.3 here (no network?): {str(getattr(e, 'stderr', e))[-300:]}")
     images = sample_images(4, seed=3)
     np.save(tmp_path / "images.npy", images)
-    code = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
-            "providers=['CPUExecutionProvider']); np.save(sys.argv[3], s.run(None, {'images': np.load(sys.argv[2])})[0])"
-            "; print(ort.__version__)")
-    result = subprocess.run([str(python), "-c", code, path, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
-                            capture_output=True, text=True, timeout=300)
+    code = (
+        "import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
+        "providers=['CPUExecutionProvider']); np.save(sys.argv[3], s.run(None, {'images': np.load(sys.argv[2])})[0])"
+        "; print(ort.__version__)"
+    )
+    result = subprocess.run(
+        [str(python), "-c", code, path, str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "1.17.3" and result.stderr == "", result.stderr[-2000:]
     old, new = np.load(tmp_path / "out.npy"), OnnxRuntimeRunner(path).infer(images)
     np.testing.assert_allclose(old, new, atol=1e-4, rtol=1e-4)

@@ -1,4 +1,5 @@
 """Output files: whole or not at all, never over an input, with the permissions the user's umask gives."""
+
 import os
 import stat
 

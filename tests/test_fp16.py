@@ -1,5 +1,7 @@
-"""float16: `export --dtype fp16`, and the ONNX-level conversion `build-engine --fp16` uses (`tpdeploy.fp16`), which
-must build the same graph from the fp32 file alone: same float32 islands, same answers, no PyTorch."""
+"""float16: `export --dtype fp16`, and the ONNX-level conversion `build-engine --fp16` uses
+(`tpdeploy.convert.fp16`), which must build the same graph from the fp32 file alone: same float32 islands, same
+answers, no PyTorch."""
+
 import collections
 import subprocess
 import sys
@@ -8,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from standin import standin_onnx
+
 from tpdeploy import TpdeployError, create_model
-from tpdeploy.backends.onnxrt import OnnxRuntimeRunner
-from tpdeploy.export import export
-from tpdeploy.fp16 import convert_to_fp16
-from tpdeploy.images import sample_images
+from tpdeploy.convert.export import export
+from tpdeploy.convert.fp16 import convert_to_fp16
+from tpdeploy.data.samples import sample_images
+from tpdeploy.runtime.onnxrt import OnnxRuntimeRunner
 
 N_IMAGES = 256
 
@@ -34,7 +36,7 @@ def deit_small(tmp_path_factory):
 
 def logits(path, images):
     runner = OnnxRuntimeRunner(path)
-    return np.concatenate([runner.infer(images[i:i + 32]) for i in range(0, len(images), 32)]).astype(np.float32)
+    return np.concatenate([runner.infer(images[i : i + 32]) for i in range(0, len(images), 32)]).astype(np.float32)
 
 
 def float32_ops(path) -> list[collections.Counter]:
@@ -69,11 +71,13 @@ def test_fp16_export_agrees_with_fp32_pytorch(deit_small):
     assert OnnxRuntimeRunner(paths["fp16"]).input_dtype == np.float16
     images = sample_images(N_IMAGES, seed=3)
     with torch.no_grad():
-        want = np.concatenate([model(torch.from_numpy(images[i:i + 32])).numpy() for i in range(0, N_IMAGES, 32)])
+        want = np.concatenate([model(torch.from_numpy(images[i : i + 32])).numpy() for i in range(0, N_IMAGES, 32)])
     got = logits(paths["fp16"], images)
     agreement = float((got.argmax(1) == want.argmax(1)).mean())
-    print(f"fp16 export vs fp32 PyTorch: top-1 agreement {agreement:.2%}, "
-          f"median abs error {np.median(np.abs(got - want)):.3g}")
+    print(
+        f"fp16 export vs fp32 PyTorch: top-1 agreement {agreement:.2%}, "
+        f"median abs error {np.median(np.abs(got - want)):.3g}"
+    )
     assert agreement >= 0.99
     assert np.median(np.abs(got - want)) < 5e-3
 
@@ -84,8 +88,10 @@ def test_the_converted_graph_answers_like_the_fp16_export(deit_small):
     images = sample_images(N_IMAGES, seed=5)
     exported, converted = logits(paths["fp16"], images), logits(paths["converted"], images)
     agreement = float((exported.argmax(1) == converted.argmax(1)).mean())
-    print(f"converted vs exported fp16: top-1 agreement {agreement:.2%} on {N_IMAGES} images, "
-          f"median abs difference {np.median(np.abs(exported - converted)):.3g}")
+    print(
+        f"converted vs exported fp16: top-1 agreement {agreement:.2%} on {N_IMAGES} images, "
+        f"median abs difference {np.median(np.abs(exported - converted)):.3g}"
+    )
     assert agreement >= 0.99
 
 
@@ -121,8 +127,8 @@ def test_fp16_engine_planning_needs_no_torch(deit_small, tmp_path):
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
 import onnx
-from tpdeploy import engine
-plan = engine.plan_build({paths['fp32']!r}, {str(tmp_path / 'x.plan')!r}, fp16=True, plugin={str(plugin)!r})
+from tpdeploy.convert import engine
+plan = engine.plan_build({paths["fp32"]!r}, {str(tmp_path / "x.plan")!r}, fp16=True, plugin={str(plugin)!r})
 assert plan.convert_to_fp16 and plan.spec.input.dtype == "float16" and plan.recipe.dtype == "fp16"
 graph = onnx.load_from_string(engine.network_onnx(plan)).graph
 assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py, the one call on a GPU machine, as a dry run on this CPU: every stage and every Python path
 of it runs (the CUDA emulator's kernels standing in, CPU tensors for CUDA ones), and the table and the JSON lines come
 out; and its stage runner: a stage that fails or hangs stops none of the others, and what it wrote survives."""
+
 import json
 import re
 import shutil
@@ -9,9 +10,10 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, gpu_check
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+gpu_check = load_script("gpu_check", SCRIPT)
 KERNELS = ("gram_f16", "dot_simt", "select_medoids", "gather_rows", "kmeans_init", "kmeans_step", "cast_centres")
 ROW_STATUSES = {"ok", "skipped", "met", "missed", "", "spills"}
 
@@ -24,7 +26,17 @@ def dry_run(tmp_path_factory, request):
     if shutil.which("g++") is None:
         pytest.skip("needs g++ (C++17) to build the CUDA emulator")
     results, wheels = tmp_path_factory.mktemp("gpu-check"), tmp_path_factory.mktemp("wheels")  # pytest is here
-    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--results", str(results), "--budget", "300", "--wheels", str(wheels)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--dry-run",
+        "--results",
+        str(results),
+        "--budget",
+        "300",
+        "--wheels",
+        str(wheels),
+    ]
     if shutil.which("nvcc") and shutil.which("cmake"):
         build = request.getfixturevalue("plugins_build")
         arch = re.search(r"CMAKE_CUDA_ARCHITECTURES:\w+=(\d+)", (build / "CMakeCache.txt").read_text())[1]
@@ -62,12 +74,14 @@ def test_dry_run_runs_every_stage(dry_run):
 
 def test_dry_run_prints_one_table_and_logs_it(dry_run):
     done, results, records = dry_run
-    table = done.stdout[done.stdout.index("| stage | what | result | status |"):].splitlines()
+    table = done.stdout[done.stdout.index("| stage | what | result | status |") :].splitlines()
     assert table[1] == "| --- | --- | --- | --- |"
     body = table[2:]
     assert len(body) == len(records) - 1  # a line a row, and one for each stage's outcome
     assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 3 for line in body)
-    assert [line.split(" | ")[0].removeprefix("| ") for line in body if "| **stage** |" in line] == list(gpu_check.BUDGETS)
+    assert [line.split(" | ")[0].removeprefix("| ") for line in body if "| **stage** |" in line] == list(
+        gpu_check.BUDGETS
+    )
     log = (results / gpu_check.LOG).read_text()
     assert log.rstrip("\n").endswith(table[-1])
     for stage in gpu_check.BUDGETS:  # every stage's own output went to the log too
@@ -84,7 +98,7 @@ def test_dry_run_answers_every_question_of_the_gpu_run(dry_run):
     assert next(r for what, r in install.items() if what.startswith("pip install pytest from"))["status"] == "ok"
 
     build = rows(records, "build")
-    assert build["emulated kernels (tests/cuda_emulator, g++)"]["status"] == "ok"
+    assert build["emulated kernels (harness/cuda_emulator, g++)"]["status"] == "ok"
     if shutil.which("nvcc") and shutil.which("cmake"):
         assert build["build"]["status"] == "ok"
         for kernel in KERNELS:  # registers, shared memory, spills of every kernel, from ptxas -v
@@ -127,15 +141,19 @@ def process_gone(pid):
 
 def test_a_stage_that_fails_or_hangs_stops_no_other(tmp_path):
     python = [sys.executable, "-c"]
-    hangs = "import subprocess, time; p = subprocess.Popen(['sleep', '60']); print('started', p.pid, flush=True); " \
-            "time.sleep(60)"
-    stages = [gpu_check.Stage("hangs", 2, python + [hangs]),
-              gpu_check.Stage("fails", 20, python + ["print('failing'); raise SystemExit(3)"]),
-              gpu_check.Stage("does not apply", 20, python + [f"raise SystemExit({gpu_check.SKIPPED})"]),
-              gpu_check.Stage("not selected", 20, python + ["raise SystemExit(5)"], skip="not selected"),
-              gpu_check.Stage("works", 20, python + ["print('done')"]),
-              gpu_check.Stage("takes the rest", 20, python + ["import time; time.sleep(60)"]),
-              gpu_check.Stage("too late", 20, python + ["print('never')"])]
+    hangs = (
+        "import subprocess, time; p = subprocess.Popen(['sleep', '60']); print('started', p.pid, flush=True); "
+        "time.sleep(60)"
+    )
+    stages = [
+        gpu_check.Stage("hangs", 2, python + [hangs]),
+        gpu_check.Stage("fails", 20, python + ["print('failing'); raise SystemExit(3)"]),
+        gpu_check.Stage("does not apply", 20, python + [f"raise SystemExit({gpu_check.SKIPPED})"]),
+        gpu_check.Stage("not selected", 20, python + ["raise SystemExit(5)"], skip="not selected"),
+        gpu_check.Stage("works", 20, python + ["print('done')"]),
+        gpu_check.Stage("takes the rest", 20, python + ["import time; time.sleep(60)"]),
+        gpu_check.Stage("too late", 20, python + ["print('never')"]),
+    ]
     started = time.monotonic()
     outcomes = gpu_check.run_stages(stages, tmp_path, budget=5, min_seconds=0.5)
     assert time.monotonic() - started < 15

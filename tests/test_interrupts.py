@@ -1,4 +1,5 @@
 """Ctrl+C (SIGINT) or SIGTERM at any stage of an export leaves neither the output nor a temporary file."""
+
 import os
 import signal
 import subprocess
@@ -12,9 +13,14 @@ STAGES = ("tracing", "writing", "validating")
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_export_leaves_nothing(tmp_path, stage, sig, code):
-    p = subprocess.Popen([sys.executable, "-m", "tpdeploy", "export", "--arch", "deit_tiny", "--method", "none",
-                          "-o", "dense.onnx"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tpdeploy", "export", "--arch", "deit_tiny", "--method", "none", "-o", "dense.onnx"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     for line in p.stderr:
         seen.append(line)
@@ -27,6 +33,7 @@ def test_an_interrupted_export_leaves_nothing(tmp_path, stage, sig, code):
     assert any(line.startswith(stage) for line in seen), stderr
     assert p.returncode == code, stderr
     assert "Traceback" not in stderr
-    assert [line for line in rest.splitlines() if line.startswith("error:")] == \
-        [f"error: {'interrupted' if sig == signal.SIGINT else 'terminated (SIGTERM)'}"]
+    assert [line for line in rest.splitlines() if line.startswith("error:")] == [
+        f"error: {'interrupted' if sig == signal.SIGINT else 'terminated (SIGTERM)'}"
+    ]
     assert os.listdir(tmp_path) == []

@@ -1,5 +1,6 @@
 """The TokenPool CUDA kernels (plugins/tokenpool): the CMake build, the C API without a GPU, and, on a GPU,
-agreement with the PyTorch reference (tpdeploy.op.reference_token_pool)."""
+agreement with the PyTorch reference (tpdeploy.tokenpool.reference.reference_token_pool)."""
+
 import ctypes
 
 import numpy as np
@@ -7,17 +8,17 @@ import pytest
 import torch
 from conftest import REPO, requires_gpu, requires_nvcc
 
-from tpdeploy import create_model, kernels
-from tpdeploy.artifacts import libraries
-from tpdeploy.images import sample_images
-from tpdeploy.op import reference_token_pool
+from tpdeploy import create_model
+from tpdeploy.data.samples import sample_images
+from tpdeploy.tokenpool import cuda_kernels, libraries
+from tpdeploy.tokenpool.reference import reference_token_pool
 
 INVALID, UNSUPPORTED = 1, 2
 GOOD = dict(batch=2, tokens=196, channels=384, clusters=110, iterations=3, mode=0, weighted=1, x_type=1, w_type=0)
 
 
 def params(**changes):
-    return kernels.Params(**{**GOOD, **changes})
+    return cuda_kernels.Params(**{**GOOD, **changes})
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +29,11 @@ def library(plugins_build):
 
 @pytest.fixture(scope="session")
 def lib(library):
-    return kernels.load(str(library))
+    return cuda_kernels.load(str(library))
 
 
 # --- (a) the build -------------------------------------------------------------------------------------------
+
 
 @requires_nvcc
 def test_cmake_builds_the_kernels_library_exporting_only_the_c_api(library, lib):
@@ -43,12 +45,25 @@ def test_cmake_builds_the_kernels_library_exporting_only_the_c_api(library, lib)
 
 # --- (b) the C API, no GPU needed -----------------------------------------------------------------------------
 
+
 @requires_nvcc
-@pytest.mark.parametrize("changes", [
-    {}, {"x_type": 0}, {"w_type": 1}, {"mode": 1}, {"weighted": 0}, {"iterations": 0}, {"clusters": 196},
-    {"clusters": 1}, {"tokens": 1, "clusters": 1, "channels": 1}, {"tokens": 1024, "clusters": 512},
-    {"channels": 65536}, {"batch": 65535, "tokens": 8, "clusters": 2},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"x_type": 0},
+        {"w_type": 1},
+        {"mode": 1},
+        {"weighted": 0},
+        {"iterations": 0},
+        {"clusters": 196},
+        {"clusters": 1},
+        {"tokens": 1, "clusters": 1, "channels": 1},
+        {"tokens": 1024, "clusters": 512},
+        {"channels": 65536},
+        {"batch": 65535, "tokens": 8, "clusters": 2},
+    ],
+)
 def test_valid_params(lib, changes):
     p = params(**changes)
     assert lib.tokenPoolValidate(ctypes.byref(p)) == 0
@@ -57,21 +72,24 @@ def test_valid_params(lib, changes):
 
 
 @requires_nvcc
-@pytest.mark.parametrize("changes,status", [
-    ({"clusters": 197}, INVALID),              # K > N
-    ({"clusters": 0}, INVALID),
-    ({"batch": -1}, INVALID),
-    ({"tokens": 0, "clusters": 0}, INVALID),
-    ({"channels": 0}, INVALID),
-    ({"iterations": -1}, INVALID),
-    ({"mode": 2}, INVALID),
-    ({"weighted": 2}, INVALID),
-    ({"x_type": 2}, INVALID),
-    ({"w_type": -1}, INVALID),
-    ({"tokens": 1025, "clusters": 10}, UNSUPPORTED),  # N over the limit
-    ({"channels": 65537}, UNSUPPORTED),
-    ({"batch": 65536}, UNSUPPORTED),
-])
+@pytest.mark.parametrize(
+    "changes,status",
+    [
+        ({"clusters": 197}, INVALID),  # K > N
+        ({"clusters": 0}, INVALID),
+        ({"batch": -1}, INVALID),
+        ({"tokens": 0, "clusters": 0}, INVALID),
+        ({"channels": 0}, INVALID),
+        ({"iterations": -1}, INVALID),
+        ({"mode": 2}, INVALID),
+        ({"weighted": 2}, INVALID),
+        ({"x_type": 2}, INVALID),
+        ({"w_type": -1}, INVALID),
+        ({"tokens": 1025, "clusters": 10}, UNSUPPORTED),  # N over the limit
+        ({"channels": 65537}, UNSUPPORTED),
+        ({"batch": 65536}, UNSUPPORTED),
+    ],
+)
 def test_invalid_params_are_refused_with_a_status_and_no_workspace(lib, changes, status):
     p = params(**changes)
     assert lib.tokenPoolValidate(ctypes.byref(p)) == status
@@ -91,12 +109,13 @@ def test_null_params(lib):
 def test_workspace_holds_the_distance_matrix_and_grows_with_the_batch(lib):
     def size(**changes):
         return lib.tokenPoolWorkspaceSize(ctypes.byref(params(**changes)))
+
     b, n, c, k = 2, 196, 384, 110
     ld = 208  # N rounded up to 16
     assert size(iterations=0) == 256 * -(-b * k * 4 // 256) + 256  # top-K: the chosen indices (+ alignment slack)
     assert size(iterations=0, mode=1) == size(iterations=0)
-    assert size() >= b * ld * ld * 4 + b * k * 4               # kmedoids: the [B, N, N] Gram matrix
-    assert size(mode=1) >= b * k * c * 4 + b * k * n * 4       # kmeans: centres and dot products
+    assert size() >= b * ld * ld * 4 + b * k * 4  # kmedoids: the [B, N, N] Gram matrix
+    assert size(mode=1) >= b * k * c * 4 + b * k * n * 4  # kmeans: centres and dot products
     assert size(batch=0) == 0
     for changes in ({}, {"mode": 1}):
         assert size(batch=8, **changes) > size(batch=4, **changes) > size(**changes)
@@ -126,39 +145,52 @@ def test_binding_finds_the_library_from_the_environment(monkeypatch, tmp_path):
     lib_file = tmp_path / libraries.KERNELS_LIBRARY
     lib_file.write_bytes(b"")
     monkeypatch.setenv(libraries.KERNELS_ENV, str(lib_file))
-    assert kernels.library_path() == str(lib_file)
+    assert cuda_kernels.library_path() == str(lib_file)
     monkeypatch.setenv(libraries.KERNELS_ENV, str(tmp_path / "missing.so"))
     fallbacks = (REPO / "build" / "plugins" / libraries.KERNELS_LIBRARY, REPO / "tpdeploy" / libraries.KERNELS_LIBRARY)
-    assert kernels.library_path() in [None] + [str(f) for f in fallbacks if f.is_file()]
+    assert cuda_kernels.library_path() in [None] + [str(f) for f in fallbacks if f.is_file()]
 
 
 def test_binding_params_refuse_what_the_c_api_cannot_express():
     x, w = torch.zeros(2, 5, 3), torch.ones(2, 5)
-    p = kernels.params(x.half(), w, 4, 2, "kmeans", False)
-    assert (p.batch, p.tokens, p.channels, p.clusters, p.iterations, p.mode, p.weighted, p.x_type, p.w_type) == \
-        (2, 5, 3, 4, 2, 1, 0, 1, 0)
+    p = cuda_kernels.params(x.half(), w, 4, 2, "kmeans", False)
+    assert (p.batch, p.tokens, p.channels, p.clusters, p.iterations, p.mode, p.weighted, p.x_type, p.w_type) == (
+        2,
+        5,
+        3,
+        4,
+        2,
+        1,
+        0,
+        1,
+        0,
+    )
     with pytest.raises(ValueError, match="X must be"):
-        kernels.params(x, torch.ones(2, 4), 2, 1, "kmedoids", True)
+        cuda_kernels.params(x, torch.ones(2, 4), 2, 1, "kmedoids", True)
     with pytest.raises(ValueError, match="float32 or float16"):
-        kernels.params(x.double(), w, 2, 1, "kmedoids", True)
+        cuda_kernels.params(x.double(), w, 2, 1, "kmedoids", True)
     with pytest.raises(ValueError, match="mode"):
-        kernels.params(x, w, 2, 1, "kmedian", True)
+        cuda_kernels.params(x, w, 2, 1, "kmedian", True)
     with pytest.raises(ValueError, match="32 bits"):
-        kernels.params(x, w, 2, 2**31, "kmedoids", True)
+        cuda_kernels.params(x, w, 2, 2**31, "kmedoids", True)
 
 
 def test_binding_is_unavailable_without_cuda():
     if not torch.cuda.is_available():
-        assert not kernels.available()
+        assert not cuda_kernels.available()
         with pytest.raises(ValueError, match="CUDA tensors"):
-            kernels.token_pool(torch.zeros(1, 4, 2), torch.ones(1, 4), 2)
+            cuda_kernels.token_pool(torch.zeros(1, 4, 2), torch.ones(1, 4), 2)
 
 
 # --- (c) on a GPU: the kernels against the reference -------------------------------------------------------------
 
 MODES = [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]
-DTYPES = [(torch.float32, torch.float32), (torch.float16, torch.float32), (torch.float16, torch.float16),
-          (torch.float32, torch.float16)]
+DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.float16, torch.float32),
+    (torch.float16, torch.float16),
+    (torch.float32, torch.float16),
+]
 
 
 @pytest.fixture
@@ -166,31 +198,33 @@ def gpu(library, monkeypatch):
     if not torch.cuda.is_available():
         pytest.skip("needs an NVIDIA GPU with a CUDA build of torch")
     monkeypatch.setenv(libraries.KERNELS_ENV, str(library))
-    kernels._library.cache_clear()
-    assert kernels.available()
+    cuda_kernels._library.cache_clear()
+    assert cuda_kernels.available()
     yield torch.device("cuda")
-    kernels._library.cache_clear()
+    cuda_kernels._library.cache_clear()
 
 
 def poisoned_launch(x, w, k, t, mode, weighted):
     """The kernels with Y pre-filled with NaN and the workspace with 0xFF bytes: every output must be written,
     and no scratch value may be read before it is written."""
-    p = kernels.params(x, w, k, t, mode, weighted)
+    p = cuda_kernels.params(x, w, k, t, mode, weighted)
     y = torch.full((p.batch, k, p.channels), float("nan"), dtype=x.dtype, device=x.device)
-    workspace = torch.full((kernels.workspace_size(p),), 255, dtype=torch.uint8, device=x.device)
-    kernels.launch(p, x, w, y, workspace)
+    workspace = torch.full((cuda_kernels.workspace_size(p),), 255, dtype=torch.uint8, device=x.device)
+    cuda_kernels.launch(p, x, w, y, workspace)
     return y.cpu()
 
 
 def tied_inputs(gen, b, n, c):
     """Small integers (exact float arithmetic in every order), duplicated tokens, integer weights with zeros."""
     x = torch.randint(-2, 3, (b, n, c), generator=gen).float()
-    x[:, n // 2:] = x[:, : n - n // 2]
+    x[:, n // 2 :] = x[:, : n - n // 2]
     return x, torch.randint(0, 4, (b, n), generator=gen).float()
 
 
 def mismatched_images(got, want, atol):
-    return sum(not torch.allclose(g.float(), v.float(), rtol=atol, atol=atol, equal_nan=True) for g, v in zip(got, want))
+    return sum(
+        not torch.allclose(g.float(), v.float(), rtol=atol, atol=atol, equal_nan=True) for g, v in zip(got, want)
+    )
 
 
 @pytest.mark.gpu
@@ -203,7 +237,7 @@ def test_exactly_the_reference_on_tied_integer_inputs(gpu, mode, weighted, x_dty
     x, w = tied_inputs(gen, b, n, c)
     x, w = x.to(x_dtype), w.to(w_dtype)
     for k in (1, n // 3, n):
-        for t in ((0, 1) if mode == "kmeans" else (0, 1, 4)):  # later k-means means are not exact
+        for t in (0, 1) if mode == "kmeans" else (0, 1, 4):  # later k-means means are not exact
             got = poisoned_launch(x.to(gpu), w.to(gpu), k, t, mode, weighted)
             want = reference_token_pool(x, w, k, t, mode, weighted)
             assert got.dtype == want.dtype == x_dtype
@@ -248,8 +282,9 @@ def test_non_finite_inputs_give_the_references_result(gpu, mode, weighted):
 @requires_gpu
 def test_op_dispatches_to_the_kernels_for_cuda_tensors(gpu, monkeypatch):
     calls = []
-    monkeypatch.setattr(kernels, "token_pool", lambda *a: calls.append(a) or torch.zeros(1, 2, 3, device=gpu))
-    from tpdeploy.op import token_pool
+    monkeypatch.setattr(cuda_kernels, "token_pool", lambda *a: calls.append(a) or torch.zeros(1, 2, 3, device=gpu))
+    from tpdeploy.tokenpool.reference import token_pool
+
     token_pool(torch.randn(1, 5, 3, device=gpu), torch.rand(1, 5, device=gpu), 2, 1)
     assert len(calls) == 1
     token_pool(torch.randn(1, 5, 3, device=gpu, requires_grad=True), torch.rand(1, 5, device=gpu), 2, 1)
@@ -262,11 +297,12 @@ def test_op_dispatches_to_the_kernels_for_cuda_tensors(gpu, monkeypatch):
 def test_cuda_tensors_beyond_the_kernels_limits_get_the_references_result(gpu, mode):
     """N > 1024, C > 65536, B > 65535: the kernels refuse them, and tpdeploy.token_pool runs the reference instead."""
     from tpdeploy import token_pool
+
     for b, n, c in ((2, 1025, 4), (1, 4, 65537), (65536, 2, 1)):
         x, w = tied_inputs(torch.Generator().manual_seed(n), b, n, c)
         k = max(1, n // 4)
         with pytest.raises(ValueError, match="unsupported"):
-            kernels.token_pool(x.to(gpu), w.to(gpu), k, 1, mode)
+            cuda_kernels.token_pool(x.to(gpu), w.to(gpu), k, 1, mode)
         with torch.inference_mode():
             got = token_pool(x.to(gpu), w.to(gpu), k, 1, mode)
         assert got.is_cuda and torch.equal(got.cpu(), reference_token_pool(x, w, k, 1, mode)), (b, n, c)

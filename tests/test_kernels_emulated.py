@@ -1,14 +1,15 @@
 """The TokenPool CUDA kernels (plugins/tokenpool) run on the CPU against the PyTorch reference
-(tpdeploy.op.reference_token_pool), on every run and without a GPU: indexing, barriers, tie rules, early exit,
-NaN/Inf handling, kmedoids and kmeans, float32 and float16.
+(tpdeploy.tokenpool.reference.reference_token_pool), on every run and without a GPU: indexing, barriers, tie rules,
+early exit, NaN/Inf handling, kmedoids and kmeans, float32 and float16.
 
-tests/cuda_emulator (see its README.md) compiles the kernel sources with g++ (no CUDA toolkit needed), every CUDA
+harness/cuda_emulator (see its README.md) compiles the kernel sources with g++ (no CUDA toolkit needed), every CUDA
 thread a fiber. Each case runs under one of several thread orders (ascending, descending, random), so a missing
 barrier or an order-dependent result changes the answer; shared memory, the workspace and the output start full
 of garbage, and the inputs sit between NaN guards, so uninitialised and out-of-bounds reads show too.
 
 TP_EMULATOR_KERNEL_DIR=<folder with tokenPoolKernel.cu> tests other sources (a deliberately broken copy, say).
 """
+
 import ctypes
 import itertools
 import os
@@ -19,20 +20,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from test_onnx_op import run_function
 
-from tpdeploy import kernels
-from tpdeploy.artifacts import tokenpool
-from tpdeploy.op import reference_token_pool
-
-emulator_build = load_script("emulator_build", Path(__file__).parent / "cuda_emulator" / "build.py")
+from harness.cuda_emulator import build as emulator_build
+from tpdeploy.tokenpool import cuda_kernels
+from tpdeploy.tokenpool import definition as tokenpool
+from tpdeploy.tokenpool.reference import reference_token_pool
 
 F32, F16 = torch.float32, torch.float16
 NAN, INF = float("nan"), float("inf")
 GUARD = 64  # elements (bytes for the workspace) of guard on each side of every buffer
-COMBOS = [pytest.param(mode, weighted, xd, wd, id=f"{mode}-{'w' if weighted else 'unw'}-x{xd.itemsize * 8}-w{wd.itemsize * 8}")
-          for mode in ("kmedoids", "kmeans") for weighted in (True, False) for xd in (F32, F16) for wd in (F32, F16)]
+COMBOS = [
+    pytest.param(
+        mode, weighted, xd, wd, id=f"{mode}-{'w' if weighted else 'unw'}-x{xd.itemsize * 8}-w{wd.itemsize * 8}"
+    )
+    for mode in ("kmedoids", "kmeans")
+    for weighted in (True, False)
+    for xd in (F32, F16)
+    for wd in (F32, F16)
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,9 @@ def lib(tmp_path_factory):
         pytest.skip("needs g++ (C++17) to build the CUDA emulator")
     kernel_dir = Path(os.environ.get("TP_EMULATOR_KERNEL_DIR", emulator_build.KERNEL_DIR))
     path = emulator_build.build(tmp_path_factory.mktemp("cuda_emulator"), kernel_dir)
-    return with_controls(kernels.load(str(path)))  # the C API of tokenPoolKernel.h, as tpdeploy/kernels.py declares it
+    return with_controls(
+        cuda_kernels.load(str(path))
+    )  # the C API of tokenPoolKernel.h, as tpdeploy/tokenpool/cuda_kernels.py declares it
 
 
 def with_controls(lib):
@@ -53,12 +61,13 @@ def with_controls(lib):
 
 # --- inputs ------------------------------------------------------------------------------------------------
 
+
 def small_integers(seed, b, n, c):
     """Every sum exact, so the kernels must match the reference bit for bit. The second half of the tokens
     repeats the first (distance-0 ties) and the weights are 0..3 (ties in the top-K order, weightless clusters)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(-2, 3, (b, n, c), generator=g).float()
-    x[:, n // 2:] = x[:, :n - n // 2].clone()
+    x[:, n // 2 :] = x[:, : n - n // 2].clone()
     return x, torch.randint(0, 4, (b, n), generator=g).float()
 
 
@@ -69,10 +78,11 @@ def normal(seed, b, n, c):
 
 # --- running the emulated kernels --------------------------------------------------------------------------
 
+
 def guarded(t, shift=0):
     """(buffer, view): a copy of t that starts `shift` elements past a 16-byte boundary, NaN on both sides."""
     buffer = torch.full((GUARD + shift + t.numel() + GUARD,), NAN, dtype=t.dtype)
-    view = buffer[GUARD + shift:GUARD + shift + t.numel()].view(t.shape)
+    view = buffer[GUARD + shift : GUARD + shift + t.numel()].view(t.shape)
     view.copy_(t)
     return buffer, view
 
@@ -84,7 +94,7 @@ def bits(t):
 def run(lib, x, w, k, t, mode, weighted, schedule, workspace_offset=0, shift=0):
     """Y of the emulated kernels. Checks the status, that the inputs are untouched and that nothing was written
     outside Y and the workspace (which starts workspace_offset bytes past a 256-byte boundary)."""
-    p = kernels.params(x, w, k, t, mode, weighted)
+    p = cuda_kernels.params(x, w, k, t, mode, weighted)
     assert lib.tokenPoolValidate(ctypes.byref(p)) == 0
     size = lib.tokenPoolWorkspaceSize(ctypes.byref(p))
     xb, xv = guarded(x, shift)
@@ -92,18 +102,20 @@ def run(lib, x, w, k, t, mode, weighted, schedule, workspace_offset=0, shift=0):
     yb, yv = guarded(torch.full((p.batch, k, p.channels), NAN, dtype=x.dtype), shift)
     ws = torch.full((GUARD + 255 + workspace_offset + size + GUARD,), 0x5A, dtype=torch.uint8)
     start = GUARD + (-(ws.data_ptr() + GUARD)) % 256 + workspace_offset
-    ws[start:start + size] = 0xFF  # NaN as float, -1 as int
+    ws[start : start + size] = 0xFF  # NaN as float, -1 as int
     before = [bits(xb).clone(), bits(wb).clone(), bits(yb).clone(), ws.clone()]
 
     lib.emuSetSchedule(schedule)
-    status = lib.tokenPoolLaunch(ctypes.byref(p), xv.data_ptr(), wv.data_ptr(), yv.data_ptr(), ws.data_ptr() + start, None)
+    status = lib.tokenPoolLaunch(
+        ctypes.byref(p), xv.data_ptr(), wv.data_ptr(), yv.data_ptr(), ws.data_ptr() + start, None
+    )
     assert status == 0, f"{lib.tokenPoolStatusString(status).decode()}: {lib.emuLastFault().decode()}"
     assert torch.equal(bits(xb), before[0]) and torch.equal(bits(wb), before[1]), "the kernels wrote to X or W"
     inner = slice(GUARD + shift, GUARD + shift + yv.numel())
-    assert torch.equal(bits(yb[:inner.start]), before[2][:inner.start]), "wrote before Y"
-    assert torch.equal(bits(yb[inner.stop:]), before[2][inner.stop:]), "wrote after Y"
+    assert torch.equal(bits(yb[: inner.start]), before[2][: inner.start]), "wrote before Y"
+    assert torch.equal(bits(yb[inner.stop :]), before[2][inner.stop :]), "wrote after Y"
     assert torch.equal(ws[:start], before[3][:start]), "wrote before the workspace"
-    assert torch.equal(ws[start + size:], before[3][start + size:]), "wrote after the workspace"
+    assert torch.equal(ws[start + size :], before[3][start + size :]), "wrote after the workspace"
     return yv.clone()
 
 
@@ -119,11 +131,15 @@ def check(lib, x, w, k, t, mode, weighted, schedule, exact, **launch):
         if wrong.any():
             rows = wrong.any(2).nonzero().tolist()
             b, r = rows[0]
-            pytest.fail(f"{case}: {len(rows)} of {k * x.shape[0]} output rows differ, the first is [{b}, {r}]: "
-                        f"got {got[b, r, :8].tolist()}, want {want[b, r, :8].tolist()}")
+            pytest.fail(
+                f"{case}: {len(rows)} of {k * x.shape[0]} output rows differ, the first is [{b}, {r}]: "
+                f"got {got[b, r, :8].tolist()}, want {want[b, r, :8].tolist()}"
+            )
     else:
         tol = 1e-5 if x.dtype == F32 else 2e-3
-        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{case}: {m}")
+        torch.testing.assert_close(
+            got.float(), want.float(), rtol=tol, atol=tol, equal_nan=True, msg=lambda m: f"{case}: {m}"
+        )
 
 
 def schedules():
@@ -187,15 +203,18 @@ def test_nan_and_inf_inputs(lib, mode, weighted, x_dtype, w_dtype):
         check(lib, x.to(x_dtype), w.to(w_dtype), k, t, mode, weighted, next(order), exact=mode == "kmedoids" or t <= 1)
 
 
-@pytest.mark.parametrize("mode,x_dtype,c", [
-    # tensor-core Gram, 16-byte loads, three 128-row tiles (the off-diagonal ones stored with their mirrors)
-    pytest.param("kmedoids", F16, 128, id="kmedoids-x16-c128"),
-    # element loads (C % 8 != 0) and a partial last depth step
-    pytest.param("kmedoids", F16, 130, id="kmedoids-x16-c130"),
-    pytest.param("kmedoids", F32, 128, id="kmedoids-x32-c128"),  # CUDA-core Gram: five 64-row tiles
-    pytest.param("kmeans", F32, 128, id="kmeans-x32-c128"),
-    pytest.param("kmeans", F16, 128, id="kmeans-x16-c128"),
-])
+@pytest.mark.parametrize(
+    "mode,x_dtype,c",
+    [
+        # tensor-core Gram, 16-byte loads, three 128-row tiles (the off-diagonal ones stored with their mirrors)
+        pytest.param("kmedoids", F16, 128, id="kmedoids-x16-c128"),
+        # element loads (C % 8 != 0) and a partial last depth step
+        pytest.param("kmedoids", F16, 130, id="kmedoids-x16-c130"),
+        pytest.param("kmedoids", F32, 128, id="kmedoids-x32-c128"),  # CUDA-core Gram: five 64-row tiles
+        pytest.param("kmeans", F32, 128, id="kmeans-x32-c128"),
+        pytest.param("kmeans", F16, 128, id="kmeans-x16-c128"),
+    ],
+)
 def test_n300_gram_and_dot_product_paths(lib, mode, x_dtype, c):
     order = schedules()
     x, w = normal(300 + c, 2, 300, c)
@@ -204,8 +223,13 @@ def test_n300_gram_and_dot_product_paths(lib, mode, x_dtype, c):
     check(lib, x.to(x_dtype), w.half(), 100, 4 if mode == "kmedoids" else 1, mode, False, next(order), exact=True)
 
 
-@pytest.mark.parametrize("mode,x_dtype", [pytest.param(m, d, id=f"{m}-x{d.itemsize * 8}")
-                                          for m, d in (("kmedoids", F16), ("kmedoids", F32), ("kmeans", F32))])
+@pytest.mark.parametrize(
+    "mode,x_dtype",
+    [
+        pytest.param(m, d, id=f"{m}-x{d.itemsize * 8}")
+        for m, d in (("kmedoids", F16), ("kmedoids", F32), ("kmeans", F32))
+    ],
+)
 def test_largest_n(lib, mode, x_dtype):
     """N = TP_MAX_TOKENS = 1024: one token per thread of the per-image kernels."""
     x, w = small_integers(1024, 1, 1024, 3)
@@ -219,8 +243,10 @@ def test_the_largest_registered_architecture(lib, mode):
     check(lib, x.half(), w, 546, 3 if mode == "kmedoids" else 1, mode, True, 2, exact=True)
 
 
-@pytest.mark.parametrize("mode,x_dtype", [pytest.param(m, d, id=f"{m}-x{d.itemsize * 8}")
-                                          for m in ("kmedoids", "kmeans") for d in (F16, F32)])
+@pytest.mark.parametrize(
+    "mode,x_dtype",
+    [pytest.param(m, d, id=f"{m}-x{d.itemsize * 8}") for m in ("kmedoids", "kmeans") for d in (F16, F32)],
+)
 def test_misaligned_pointers(lib, mode, x_dtype):
     """A workspace at any byte offset (the kernels align it themselves), and X, W, Y off 16-byte alignment,
     which switches the Gram loads and the row copies to narrower units."""
@@ -236,8 +262,9 @@ def negative_zero_case():
     """Image 0's first centre is token 0, whose first coordinate is -0.0; its cluster (tokens 0 and 1) has the
     mean +0.0 there while its second coordinate moves. Image 1 converges at once (each centre stays, the
     -0.0 coordinate equal in value to its mean +0.0)."""
-    x = torch.tensor([[[-0.0, 0.0], [0.0, 2.0], [10.0, 10.0], [10.0, 12.0]],
-                      [[-0.0, 1.0], [5.0, 5.0], [50.0, 50.0], [60.0, 60.0]]])
+    x = torch.tensor(
+        [[[-0.0, 0.0], [0.0, 2.0], [10.0, 10.0], [10.0, 12.0]], [[-0.0, 1.0], [5.0, 5.0], [50.0, 50.0], [60.0, 60.0]]]
+    )
     return x, torch.tensor([[4.0, 1.0, 3.0, 2.0], [4.0, 3.0, 0.0, 0.0]])
 
 
@@ -269,22 +296,32 @@ def test_reference_agrees_with_the_onnx_function_on_a_negative_zero_centre():
 
 
 def test_the_dispatch_goes_to_the_kernels_exactly_within_their_limits(lib):
-    """tpdeploy.op.token_pool hands CUDA tensors to the kernels only where tokenpool.kernels_support says so: the
-    limits of tokenPoolKernel.h, and exactly the sizes the library accepts (the others it refuses as unsupported,
-    and the reference runs them)."""
+    """token_pool (tpdeploy.tokenpool.reference) hands CUDA tensors to the kernels only where kernels_support says
+    so: the limits of tokenPoolKernel.h, and exactly the sizes the library accepts (the others it refuses as
+    unsupported, and the reference runs them)."""
     header = (emulator_build.KERNEL_DIR / "tokenPoolKernel.h").read_text()
     assert dict(re.findall(r"#define (TP_MAX_\w+) (\d+)", header)) == {
-        "TP_MAX_TOKENS": str(tokenpool.KERNEL_MAX_TOKENS), "TP_MAX_CHANNELS": str(tokenpool.KERNEL_MAX_CHANNELS),
-        "TP_MAX_BATCH": str(tokenpool.KERNEL_MAX_BATCH)}
+        "TP_MAX_TOKENS": str(tokenpool.KERNEL_MAX_TOKENS),
+        "TP_MAX_CHANNELS": str(tokenpool.KERNEL_MAX_CHANNELS),
+        "TP_MAX_BATCH": str(tokenpool.KERNEL_MAX_BATCH),
+    }
     unsupported = 2  # TP_ERROR_UNSUPPORTED
-    for b, n, c in ((2, 196, 384), (1, 1024, 8), (1, 1025, 8), (1, 8, 65536), (1, 8, 65537), (65535, 8, 8),
-                    (65536, 8, 8), (70000, 2000, 70000)):
-        status = lib.tokenPoolValidate(ctypes.byref(kernels.Params(b, n, c, 1, 3, 0, 1, 1, 0)))
+    for b, n, c in (
+        (2, 196, 384),
+        (1, 1024, 8),
+        (1, 1025, 8),
+        (1, 8, 65536),
+        (1, 8, 65537),
+        (65535, 8, 8),
+        (65536, 8, 8),
+        (70000, 2000, 70000),
+    ):
+        status = lib.tokenPoolValidate(ctypes.byref(cuda_kernels.Params(b, n, c, 1, 3, 0, 1, 1, 0)))
         assert status == (0 if tokenpool.kernels_support(b, n, c) else unsupported), (b, n, c)
 
 
 def test_batch_zero_launches_nothing(lib):
-    p = kernels.Params(0, 5, 3, 2, 1, 0, 1, 0, 0)
+    p = cuda_kernels.Params(0, 5, 3, 2, 1, 0, 1, 0, 0)
     assert lib.tokenPoolWorkspaceSize(ctypes.byref(p)) == 0
     assert lib.tokenPoolLaunch(ctypes.byref(p), None, None, None, None, None) == 0
 

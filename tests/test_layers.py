@@ -1,9 +1,10 @@
 """The package's layering: import-linter's contracts (setup.cfg), and the deployment path working in a process where
 PyTorch cannot be imported at all."""
+
 import json
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -12,21 +13,34 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"  # `import torch` rais
 
 
 def run_without_torch(code, *args):
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code, *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + code, *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_import_contracts_hold():
-    lint = shutil.which("lint-imports") or str(REPO / ".venv" / "bin" / "lint-imports")
+    lint = str(Path(sys.executable).parent / "lint-imports")  # import-linter, installed beside this Python
     result = subprocess.run([lint, "setup.cfg"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
 
 
 def test_deployment_modules_import_without_torch():
-    modules = ["tpdeploy.runtime", "tpdeploy.backends.onnxrt", "tpdeploy.backends.trt", "tpdeploy.serving.lifecycle",
-               "tpdeploy.triton_repo", "tpdeploy.modelinfo", "tpdeploy.engine", "tpdeploy.fp16", "tpdeploy.bench",
-               "tpdeploy.compare", "tpdeploy.cli", "tpdeploy.preprocess", "tpdeploy.images"]
+    modules = [
+        "tpdeploy.runtime",
+        "tpdeploy.runtime.onnxrt",
+        "tpdeploy.runtime.tensorrt",
+        "tpdeploy.serving.lifecycle",
+        "tpdeploy.serving.triton_repo",
+        "tpdeploy.tasks.info",
+        "tpdeploy.convert.engine",
+        "tpdeploy.convert.fp16",
+        "tpdeploy.tasks.bench",
+        "tpdeploy.tasks.compare",
+        "tpdeploy.cli",
+        "tpdeploy.data.preprocess",
+        "tpdeploy.data.samples",
+    ]
     result = run_without_torch(f"import importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('ok')")
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
@@ -34,9 +48,10 @@ def test_deployment_modules_import_without_torch():
 def test_the_deployment_path_runs_without_torch(tiny_onnx, tmp_path):
     code = """
 import numpy as np
-from tpdeploy import runtime, triton_repo
-from tpdeploy.images import sample_images
-from tpdeploy.modelinfo import describe_file
+from tpdeploy import runtime
+from tpdeploy.serving import triton_repo
+from tpdeploy.data.samples import sample_images
+from tpdeploy.tasks.info import describe_file
 model = runtime.load(sys.argv[1])
 assert model.infer(sample_images(2)).shape == (2, 1000)
 assert model.recipe.arch == "deit_tiny" and model.data_config.interpolation == "bicubic"
@@ -65,10 +80,23 @@ def test_the_cli_without_torch(tiny_onnx, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("module", ["tpdeploy.artifacts.recipe", "tpdeploy.artifacts.onnx_file",
-                                    "tpdeploy.artifacts.engine_file", "tpdeploy.artifacts.libraries"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "tpdeploy.artifacts.recipe",
+        "tpdeploy.artifacts.onnx_file",
+        "tpdeploy.artifacts.engine_file",
+        "tpdeploy.artifacts.plugins",
+    ],
+)
 def test_the_artifacts_layer_loads_neither_torch_nor_onnxruntime(module):
-    result = subprocess.run([sys.executable, "-c", f"import sys, {module}; "
-                             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules))"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {module}; print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

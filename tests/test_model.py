@@ -1,5 +1,6 @@
 """Token-Pooled ViTs: timm-compatible checkpoints of every family, the checkpoint filter, every method's forward,
 dense == a plain ViT written from the state dict."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,28 +8,48 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from tpdeploy import TpdeployError, create_model
-from tpdeploy import schedule as sched
-from tpdeploy.images import sample_images
-from tpdeploy.model import TokenPooledViT, checkpoint_filter, get_config, list_archs, load_state, state_shapes
+from tpdeploy.data.samples import sample_images
+from tpdeploy.model import schedule as sched
+from tpdeploy.model.checkpoint import checkpoint_filter, load_state, state_shapes
+from tpdeploy.model.plan import ModelPlan
+from tpdeploy.model.registry import get_config, list_archs
+from tpdeploy.model.vit import TokenPooledViT
 
-BLOCK_KEYS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-              "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+BLOCK_KEYS = [
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+]
 
 # timm's architectures (timm/models/deit.py, vision_transformer.py): embed_dim, depth, patch size, image size and
 # layout: "vit" (VisionTransformer: CLS; pos_embed over CLS and the patches), "distilled"
 # (VisionTransformerDistilled: CLS and dist_token, both in pos_embed; head_dist), "deit3" (no_embed_class=True:
 # pos_embed over the patches only; init_values: ls1.gamma and ls2.gamma in every block)
 TIMM = {
-    "deit_tiny": (192, 12, 16, 224, "vit"), "deit_small": (384, 12, 16, 224, "vit"),
+    "deit_tiny": (192, 12, 16, 224, "vit"),
+    "deit_small": (384, 12, 16, 224, "vit"),
     "deit_base": (768, 12, 16, 224, "vit"),
     "deit_tiny_distilled_patch16_224": (192, 12, 16, 224, "distilled"),
     "deit_small_distilled_patch16_224": (384, 12, 16, 224, "distilled"),
     "deit_base_distilled_patch16_224": (768, 12, 16, 224, "distilled"),
-    "deit3_small_patch16_224": (384, 12, 16, 224, "deit3"), "deit3_base_patch16_224": (768, 12, 16, 224, "deit3"),
-    "vit_small_patch16_224": (384, 12, 16, 224, "vit"), "vit_small_patch16_384": (384, 12, 16, 384, "vit"),
-    "vit_base_patch16_224": (768, 12, 16, 224, "vit"), "vit_base_patch16_384": (768, 12, 16, 384, "vit"),
+    "deit3_small_patch16_224": (384, 12, 16, 224, "deit3"),
+    "deit3_base_patch16_224": (768, 12, 16, 224, "deit3"),
+    "vit_small_patch16_224": (384, 12, 16, 224, "vit"),
+    "vit_small_patch16_384": (384, 12, 16, 384, "vit"),
+    "vit_base_patch16_224": (768, 12, 16, 224, "vit"),
+    "vit_base_patch16_384": (768, 12, 16, 384, "vit"),
     "vit_base_patch32_224": (768, 12, 32, 224, "vit"),
-    "vit_large_patch16_224": (1024, 24, 16, 224, "vit"), "vit_large_patch16_384": (1024, 24, 16, 384, "vit"),
+    "vit_large_patch16_224": (1024, 24, 16, 224, "vit"),
+    "vit_large_patch16_384": (1024, 24, 16, 384, "vit"),
 }
 
 
@@ -36,10 +57,16 @@ def timm_layout(arch):
     """The state dict of timm's model `arch`: names and shapes."""
     d, depth, patch, img, layout = TIMM[arch]
     n = (img // patch) ** 2
-    shapes = {"cls_token": (1, 1, d),
-              "pos_embed": (1, n if layout == "deit3" else n + (2 if layout == "distilled" else 1), d),
-              "patch_embed.proj.weight": (d, 3, patch, patch), "patch_embed.proj.bias": (d,),
-              "norm.weight": (d,), "norm.bias": (d,), "head.weight": (1000, d), "head.bias": (1000,)}
+    shapes = {
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, n if layout == "deit3" else n + (2 if layout == "distilled" else 1), d),
+        "patch_embed.proj.weight": (d, 3, patch, patch),
+        "patch_embed.proj.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+        "head.weight": (1000, d),
+        "head.bias": (1000,),
+    }
     if layout == "distilled":
         shapes.update({"dist_token": (1, 1, d), "head_dist.weight": (1000, d), "head_dist.bias": (1000,)})
     per_block = [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
@@ -60,7 +87,7 @@ def meta_model(arch):
     """The model's structure without weights (the meta device): enough to see what a checkpoint must fit."""
     cfg = get_config(arch)
     with torch.device("meta"):
-        return TokenPooledViT(cfg, sched.dense(cfg.dims), method="none")
+        return TokenPooledViT(ModelPlan(cfg, sched.dense(cfg.dims), method="none"))
 
 
 def test_every_registered_architecture_is_in_the_table():
@@ -86,7 +113,7 @@ def test_checkpoint_round_trip(tmp_path, wrap):
     else:
         torch.save({"model": state, "epoch": 300} if wrap == "model" else state, path)
     model = create_model("deit_tiny", checkpoint=str(path), preset="deit_tiny_058")
-    assert model.checkpoint == str(path)
+    assert model.origin.checkpoint_path == str(path)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     seeded = create_model("deit_tiny", preset="deit_tiny_058")
@@ -98,30 +125,58 @@ def test_checkpoint_round_trip(tmp_path, wrap):
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "tiny.pth"
     torch.save(timm_like_state("deit_tiny", seed=1), path)
-    with pytest.raises(TpdeployError, match=r"does not fit deit_small: cls_token has shape \[1, 1, 192\], expected \[1, 1, 384\] \(it looks like deit_tiny\)"):
+    with pytest.raises(
+        TpdeployError,
+        match=r"does not fit deit_small: cls_token has shape \[1, 1, 192\], expected \[1, 1, 384\] "
+        r"\(it looks like deit_tiny\)",
+    ):
         create_model("deit_small", checkpoint=str(path))
 
 
-@pytest.mark.parametrize("source,target,message", [
-    ("deit_tiny_distilled_patch16_224", "deit_tiny",
-     r"pos_embed has shape \[1, 198, 192\], expected \[1, 197, 192\]; 3 unexpected keys, e\.g\. dist_token "
-     r"\(it looks like deit_tiny_distilled_patch16_224\)"),
-    ("deit_base", "deit_base_distilled_patch16_224",
-     r"pos_embed has shape \[1, 197, 768\], expected \[1, 198, 768\]; 3 missing keys, e\.g\. dist_token "
-     r"\(it looks like deit_base or vit_base_patch16_224\)"),
-    ("deit3_small_patch16_224", "vit_small_patch16_224",
-     r"pos_embed has shape \[1, 196, 384\], expected \[1, 197, 384\]; 24 unexpected keys, e\.g\. blocks\.0\.ls1\.gamma "
-     r"\(it looks like deit3_small_patch16_224\)"),
-    ("vit_small_patch16_224", "deit3_small_patch16_224",
-     r"pos_embed has shape \[1, 197, 384\], expected \[1, 196, 384\]; 24 missing keys, e\.g\. blocks\.0\.ls1\.gamma "
-     r"\(it looks like deit_small or vit_small_patch16_224\)"),
-    ("vit_base_patch32_224", "vit_base_patch16_224",  # pos_embed is resampled 7x7 -> 14x14; the patches do not fit
-     r"patch_embed\.proj\.weight has shape \[768, 3, 32, 32\], expected \[768, 3, 16, 16\] "
-     r"\(it looks like vit_base_patch32_224\)$"),
-    ("vit_large_patch16_384", "vit_base_patch16_384",
-     r"cls_token has shape \[1, 1, 1024\], expected \[1, 1, 768\]; 144 unexpected keys, e\.g\. blocks\.12\.norm1\.weight "
-     r"\(it looks like vit_large_patch16_384\)"),
-])
+@pytest.mark.parametrize(
+    "source,target,message",
+    [
+        (
+            "deit_tiny_distilled_patch16_224",
+            "deit_tiny",
+            r"pos_embed has shape \[1, 198, 192\], expected \[1, 197, 192\]; 3 unexpected keys, e\.g\. dist_token "
+            r"\(it looks like deit_tiny_distilled_patch16_224\)",
+        ),
+        (
+            "deit_base",
+            "deit_base_distilled_patch16_224",
+            r"pos_embed has shape \[1, 197, 768\], expected \[1, 198, 768\]; 3 missing keys, e\.g\. dist_token "
+            r"\(it looks like deit_base or vit_base_patch16_224\)",
+        ),
+        (
+            "deit3_small_patch16_224",
+            "vit_small_patch16_224",
+            r"pos_embed has shape \[1, 196, 384\], expected \[1, 197, 384\]; "
+            r"24 unexpected keys, e\.g\. blocks\.0\.ls1\.gamma "
+            r"\(it looks like deit3_small_patch16_224\)",
+        ),
+        (
+            "vit_small_patch16_224",
+            "deit3_small_patch16_224",
+            r"pos_embed has shape \[1, 197, 384\], expected \[1, 196, 384\]; "
+            r"24 missing keys, e\.g\. blocks\.0\.ls1\.gamma "
+            r"\(it looks like deit_small or vit_small_patch16_224\)",
+        ),
+        (
+            "vit_base_patch32_224",
+            "vit_base_patch16_224",  # pos_embed is resampled 7x7 -> 14x14; the patches do not fit
+            r"patch_embed\.proj\.weight has shape \[768, 3, 32, 32\], expected \[768, 3, 16, 16\] "
+            r"\(it looks like vit_base_patch32_224\)$",
+        ),
+        (
+            "vit_large_patch16_384",
+            "vit_base_patch16_384",
+            r"cls_token has shape \[1, 1, 1024\], expected \[1, 1, 768\]; "
+            r"144 unexpected keys, e\.g\. blocks\.12\.norm1\.weight "
+            r"\(it looks like vit_large_patch16_384\)",
+        ),
+    ],
+)
 def test_a_neighbouring_architecture_is_refused_with_what_does_not_fit(source, target, message):
     """Shapes only (meta tensors): the refusal comes before any weight is copied."""
     state = {k: torch.empty(s, device="meta") for k, s in timm_layout(source).items()}
@@ -132,15 +187,22 @@ def test_a_neighbouring_architecture_is_refused_with_what_does_not_fit(source, t
 def test_pre_logits_are_refused_not_dropped():
     """timm's filter drops a representation layer (pre_logits); that would change what the model computes."""
     state = {k: torch.empty(s, device="meta") for k, s in timm_layout("vit_base_patch16_224").items()}
-    state.update({"pre_logits.fc.weight": torch.empty(768, 768, device="meta"),
-                  "pre_logits.fc.bias": torch.empty(768, device="meta")})
+    state.update(
+        {
+            "pre_logits.fc.weight": torch.empty(768, 768, device="meta"),
+            "pre_logits.fc.bias": torch.empty(768, device="meta"),
+        }
+    )
     with pytest.raises(TpdeployError, match=r"2 unexpected keys, e\.g\. pre_logits\.fc\.weight$"):
-        load_state(meta_model("vit_base_patch16_224"), checkpoint_filter(state, get_config("vit_base_patch16_224")),
-                   "x.pth")
+        load_state(
+            meta_model("vit_base_patch16_224"), checkpoint_filter(state, get_config("vit_base_patch16_224")), "x.pth"
+        )
 
 
-@pytest.mark.parametrize("arch,grid", [("deit3_small_patch16_224", 24), ("deit_tiny_distilled_patch16_224", 24),
-                                       ("vit_small_patch16_384", 14)])
+@pytest.mark.parametrize(
+    "arch,grid",
+    [("deit3_small_patch16_224", 24), ("deit_tiny_distilled_patch16_224", 24), ("vit_small_patch16_384", 14)],
+)
 def test_foreign_layouts_are_adapted_by_the_filter_then_load_strictly(tmp_path, arch, grid):
     """A DDP checkpoint (module.) of a training run (under state_dict), DeiT III's original gamma_1/gamma_2 names,
     position embeddings for another grid: timm's resample_abs_pos_embed (prefix kept, grid bicubic, antialiased)."""
@@ -148,15 +210,18 @@ def test_foreign_layouts_are_adapted_by_the_filter_then_load_strictly(tmp_path, 
     state = timm_like_state(arch, seed=3)
     prefix = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
     old_pos = torch.randn(1, prefix + grid * grid, cfg.embed_dim, generator=torch.Generator().manual_seed(4))
-    foreign = {"module." + k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v
-               for k, v in state.items() if k != "pos_embed"}
+    foreign = {
+        "module." + k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v
+        for k, v in state.items()
+        if k != "pos_embed"
+    }
     foreign["module.pos_embed"] = old_pos
     torch.save({"state_dict": foreign, "epoch": 3}, tmp_path / "foreign.pth")
     loaded = create_model(arch, checkpoint=str(tmp_path / "foreign.pth"), method="none").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if k != "pos_embed")
     patches = old_pos[:, prefix:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
     want = F.interpolate(patches, size=(cfg.grid_size,) * 2, mode="bicubic", antialias=True)
-    want = torch.cat([old_pos[:, :prefix], want.permute(0, 2, 3, 1).reshape(1, cfg.grid_size ** 2, -1)], dim=1)
+    want = torch.cat([old_pos[:, :prefix], want.permute(0, 2, 3, 1).reshape(1, cfg.grid_size**2, -1)], dim=1)
     assert torch.equal(loaded["pos_embed"], want)
 
 
@@ -166,8 +231,10 @@ def test_a_checkpoint_without_tensors_is_refused(tmp_path):
         create_model("deit_tiny", checkpoint=str(tmp_path / "odd.pth"))
 
 
-@pytest.mark.parametrize("content,message", [(None, "not found"), (b"not a checkpoint", "cannot read checkpoint"),
-                                              (b"", "cannot read checkpoint")])
+@pytest.mark.parametrize(
+    "content,message",
+    [(None, "not found"), (b"not a checkpoint", "cannot read checkpoint"), (b"", "cannot read checkpoint")],
+)
 def test_missing_or_corrupt_checkpoint(tmp_path, content, message):
     path = tmp_path / "bad.pth"
     if content is not None:
@@ -190,14 +257,20 @@ def _plain_vit(state, images):
         x = torch.cat([prefix, x], 1) + state["pos_embed"]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     for i in range(depth):
-        p = {k[len(f"blocks.{i}."):]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        p = {k[len(f"blocks.{i}.") :]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
         h = F.layer_norm(x, (d,), p["norm1.weight"], p["norm1.bias"], eps=1e-6)
-        q, k, v = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"]).reshape(len(x), -1, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"])
+            .reshape(len(x), -1, 3, heads, d // heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         a = ((q @ k.transpose(-1, -2)) / (d // heads) ** 0.5).softmax(-1) @ v
         a = F.linear(a.transpose(1, 2).reshape(len(x), -1, d), p["attn.proj.weight"], p["attn.proj.bias"])
         x = x + a * p.get("ls1.gamma", 1.0)
         h = F.layer_norm(x, (d,), p["norm2.weight"], p["norm2.bias"], eps=1e-6)
-        h = F.linear(F.gelu(F.linear(h, p["mlp.fc1.weight"], p["mlp.fc1.bias"])), p["mlp.fc2.weight"], p["mlp.fc2.bias"])
+        h = F.linear(
+            F.gelu(F.linear(h, p["mlp.fc1.weight"], p["mlp.fc1.bias"])), p["mlp.fc2.weight"], p["mlp.fc2.bias"]
+        )
         x = x + h * p.get("ls2.gamma", 1.0)
     x = F.layer_norm(x, (d,), state["norm.weight"], state["norm.bias"], eps=1e-6)
     logits = F.linear(x[:, 0], state["head.weight"], state["head.bias"])
@@ -206,8 +279,16 @@ def _plain_vit(state, images):
     return logits
 
 
-@pytest.mark.parametrize("arch", ["deit_tiny", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224",
-                                  "vit_small_patch16_384", "vit_base_patch32_224"])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "deit_tiny",
+        "deit_tiny_distilled_patch16_224",
+        "deit3_small_patch16_224",
+        "vit_small_patch16_384",
+        "vit_base_patch32_224",
+    ],
+)
 def test_a_timm_checkpoint_loads_strictly_and_the_dense_model_is_a_plain_vit(tmp_path, arch):
     """One small configuration per family: DeiT, distilled DeiT, DeiT III, ViT at 384 px (576 patches), ViT/32."""
     state = timm_like_state(arch, seed=5)
@@ -281,20 +362,23 @@ def test_significance_is_attention_received():
     assert torch.all(s.sum(1) < 3 * 197) and torch.all(s > 0)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"schedule": [196] * 11 + [200]}, "not non-increasing"),
-    ({"schedule": [196] * 11}, "one per block"),
-    ({"schedule": [180] + [100] * 11}, "start at 196"),
-    ({"schedule": [196] * 6 + [0] * 6}, "at least 1"),
-    ({"schedule": [196] * 6 + [50] * 6, "method": "grid"}, "not a square"),
-    ({"schedule": [196] * 6 + [100] * 6, "method": "none"}, "dense"),
-    ({"flops_ratio": 0.02}, "below the smallest reachable"),
-    ({"flops_ratio": 0.6, "preset": "deit_tiny_058"}, "at most one"),
-    ({"preset": "deit_small_058"}, "is for deit_small"),
-    ({"preset": "nope"}, "unknown preset"),
-    ({"method": "kmedian"}, "unknown method"),
-    ({"iterations": -1}, "iterations"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"schedule": [196] * 11 + [200]}, "not non-increasing"),
+        ({"schedule": [196] * 11}, "one per block"),
+        ({"schedule": [180] + [100] * 11}, "start at 196"),
+        ({"schedule": [196] * 6 + [0] * 6}, "at least 1"),
+        ({"schedule": [196] * 6 + [50] * 6, "method": "grid"}, "not a square"),
+        ({"schedule": [196] * 6 + [100] * 6, "method": "none"}, "dense"),
+        ({"flops_ratio": 0.02}, "below the smallest reachable"),
+        ({"flops_ratio": 0.6, "preset": "deit_tiny_058"}, "at most one"),
+        ({"preset": "deit_small_058"}, "is for deit_small"),
+        ({"preset": "nope"}, "unknown preset"),
+        ({"method": "kmedian"}, "unknown method"),
+        ({"iterations": -1}, "iterations"),
+    ],
+)
 def test_bad_model_requests_raise_one_clear_error(kwargs, message):
     with pytest.raises(TpdeployError, match=message):
         create_model("deit_tiny", **kwargs)
@@ -314,6 +398,6 @@ def test_timm_names_are_accepted():
 
 def test_seeded_random_weights_are_reproducible():
     a, b = create_model("deit_tiny"), create_model("deit_tiny")
-    assert a.checkpoint is None
+    assert a.origin.checkpoint_path is None
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not np.allclose(create_model("deit_tiny", seed=1).head.weight.detach(), a.head.weight.detach())

@@ -1,4 +1,5 @@
 """The TokenPool ONNX function, alone in a one-node graph on stock onnxruntime, against tpdeploy.token_pool."""
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,11 +8,12 @@ import torch
 from hypothesis import given, settings
 from test_op import MODES, _tied_inputs, pools
 
-from tpdeploy import onnx_op, token_pool
+from tpdeploy import token_pool
+from tpdeploy.tokenpool import onnx_function
 
 
 def run_function(x, w, k, t, mode, weighted, dtype="float32"):
-    model = onnx_op.single_op_model(dtype, k, t, mode, weighted)
+    model = onnx_function.single_op_model(dtype, k, t, mode, weighted)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, {"X": x, "W": w})[0]
 
@@ -22,7 +24,7 @@ def reference(x, w, k, t, mode, weighted):
 
 @pytest.mark.parametrize("mode,weighted", MODES)
 def test_checker_accepts_the_function_model(mode, weighted):
-    onnx.checker.check_model(onnx_op.single_op_model("float32", 3, 2, mode, weighted), full_check=True)
+    onnx.checker.check_model(onnx_function.single_op_model("float32", 3, 2, mode, weighted), full_check=True)
 
 
 @pytest.mark.parametrize("mode,weighted", MODES)
@@ -79,11 +81,17 @@ def test_non_finite_inputs_agree_with_reference(mode, weighted):
 
 
 def test_node_carries_the_plugin_attributes():
-    node = onnx_op.make_node("X", "W", "Y", 5, 2, "kmeans", False)
+    node = onnx_function.make_node("X", "W", "Y", 5, 2, "kmeans", False)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert (node.domain, node.op_type) == ("tpdeploy", "TokenPool")
-    assert attrs == {"num_clusters": 5, "iterations": 2, "mode": b"kmeans", "weighted": 0,
-                     "plugin_version": b"1", "plugin_namespace": b"tpdeploy"}
+    assert attrs == {
+        "num_clusters": 5,
+        "iterations": 2,
+        "mode": b"kmeans",
+        "weighted": 0,
+        "plugin_version": b"1",
+        "plugin_namespace": b"tpdeploy",
+    }
 
 
 def test_function_body_uses_standard_ops_only():
@@ -93,13 +101,16 @@ def test_function_body_uses_standard_ops_only():
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     yield from ops(a.g.node)
+
     for mode in ("kmedoids", "kmeans"):
-        fn = onnx_op.function_proto(onnx_op.MIN_OPSET, mode)
+        fn = onnx_function.function_proto(onnx_function.MIN_OPSET, mode)
         assert {n.domain for n in ops(fn.node)} == {""}
-        assert not any(n.op_type == "Constant" and any(a.type == onnx.AttributeProto.STRING for a in n.attribute)
-                       for n in ops(fn.node))  # no strings: TensorRT can import the function too
+        assert not any(
+            n.op_type == "Constant" and any(a.type == onnx.AttributeProto.STRING for a in n.attribute)
+            for n in ops(fn.node)
+        )  # no strings: TensorRT can import the function too
 
 
 def test_old_opsets_are_refused():
     with pytest.raises(ValueError, match="opset >= 18"):
-        onnx_op.function_proto(17, "kmedoids")
+        onnx_function.function_proto(17, "kmedoids")

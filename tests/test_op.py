@@ -1,4 +1,5 @@
 """The TokenPool reference (tpdeploy.token_pool) against a slow loop implementation, and its properties."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +31,7 @@ def test_matches_slow_loop_on_random_inputs(mode, weighted, seed):
 def _tied_inputs(rng, b, n, c):
     """Small integers: exact float arithmetic, many exact distance ties, duplicate tokens, zero weights."""
     x = rng.integers(-2, 3, size=(b, n, c)).astype(np.float32)
-    x[:, n // 2:] = x[:, : n - n // 2]  # every token in the second half duplicates one in the first
+    x[:, n // 2 :] = x[:, : n - n // 2]  # every token in the second half duplicates one in the first
     w = rng.integers(0, 4, size=(b, n)).astype(np.float32)
     return x, w
 
@@ -80,6 +81,7 @@ def test_weightless_cluster_keeps_its_centre():
 
 # --- properties (hypothesis) -------------------------------------------------------------------------------
 
+
 @st.composite
 def pools(draw, max_n=12):
     b, n, c = draw(st.integers(1, 3)), draw(st.integers(1, max_n)), draw(st.integers(1, 4))
@@ -100,7 +102,7 @@ def _separated(x):
     """Distinct tokens farther apart than the float32 rounding of |x|^2 + |y|^2 - 2 x.y: closer ones may tie."""
     for xb in x.astype(np.float64):
         d = ((xb[:, None] - xb[None]) ** 2).sum(-1)
-        scale = (xb ** 2).sum(-1).max() + 1e-30
+        scale = (xb**2).sum(-1).max() + 1e-30
         if np.any((d > 0) & (d < 1e-5 * scale)):
             return False
     return True
@@ -161,6 +163,7 @@ def test_matches_slow_loop_on_tied_integer_inputs(p):
 
 # --- dtypes, gradients, bad and non-finite input -------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode,weighted", MODES)
 def test_float16_inputs_accumulate_in_float32(mode, weighted):
     rng = np.random.default_rng(7)
@@ -185,14 +188,17 @@ def test_differentiable_in_x_with_assignments_held(mode):
     torch.autograd.gradcheck(lambda v: token_pool(v.float(), w, 4, 2, mode).double(), (x64,), eps=1e-3, atol=1e-2)
 
 
-@pytest.mark.parametrize("args,message", [
-    (((2, 5, 3), (2, 5), 6, 1, "kmedoids"), "num_clusters"),
-    (((2, 5, 3), (2, 5), 0, 1, "kmedoids"), "num_clusters"),
-    (((2, 5, 3), (2, 4), 2, 1, "kmedoids"), "W must be"),
-    (((2, 5), (2, 5), 2, 1, "kmedoids"), "X must be"),
-    (((2, 5, 3), (2, 5), 2, -1, "kmedoids"), "iterations"),
-    (((2, 5, 3), (2, 5), 2, 1, "kmedian"), "mode"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (((2, 5, 3), (2, 5), 6, 1, "kmedoids"), "num_clusters"),
+        (((2, 5, 3), (2, 5), 0, 1, "kmedoids"), "num_clusters"),
+        (((2, 5, 3), (2, 4), 2, 1, "kmedoids"), "W must be"),
+        (((2, 5), (2, 5), 2, 1, "kmedoids"), "X must be"),
+        (((2, 5, 3), (2, 5), 2, -1, "kmedoids"), "iterations"),
+        (((2, 5, 3), (2, 5), 2, 1, "kmedian"), "mode"),
+    ],
+)
 def test_bad_arguments_raise_one_clear_error(args, message):
     xs, ws, k, t, mode = args
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,7 @@
 """The TensorRT plugin library (libtpdeploy_plugin.so) builds from TensorRT's headers alone: it links no libnvinfer,
 exports only TensorRT's plugin-library entry points, and its C++ compiles warning-free against the headers of
 TensorRT 10.7 and 11.1. Nothing here runs TensorRT (it cannot be installed on the development machines)."""
+
 import os
 import shutil
 import subprocess
@@ -18,8 +19,10 @@ SOURCES = REPO / "plugins" / "tokenpool"
 def plugin(plugins_build):
     path = plugins_build / PLUGIN
     if not path.is_file():
-        pytest.skip("the session's CMake build found no TensorRT headers (set TENSORRT_ROOT, or TENSORRT_GIT_DIR to a "
-                    "clone of NVIDIA/TensorRT)")
+        pytest.skip(
+            "the session's CMake build found no TensorRT headers (set TENSORRT_ROOT, or TENSORRT_GIT_DIR to a "
+            "clone of NVIDIA/TensorRT)"
+        )
     return path
 
 
@@ -31,8 +34,11 @@ def tool(*cmd):
 
 def needed(library):
     """The NEEDED entries of a shared library's dynamic section."""
-    return [line.split("[", 1)[1].rstrip("]") for line in tool("readelf", "-d", str(library)).splitlines()
-            if "(NEEDED)" in line]
+    return [
+        line.split("[", 1)[1].rstrip("]")
+        for line in tool("readelf", "-d", str(library)).splitlines()
+        if "(NEEDED)" in line
+    ]
 
 
 def exported(library):
@@ -71,11 +77,31 @@ def test_shim_compiles_warning_free_and_links_without_libnvinfer(plugins_build, 
     if cuda_include is None:
         pytest.skip("needs the CUDA toolkit's headers (set CUDA_HOME)")
     library = tmp_path / PLUGIN
-    cmd = ["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden",
-           "-isystem", str(include), "-isystem", str(cuda_include), "-I", str(SOURCES),
-           *(str(SOURCES / name) for name in ("tokenPoolCore.cpp", "tokenPoolPlugin.cpp", "tokenPoolRegistration.cpp")),
-           "-L", str(plugins_build), "-ltokenpool_kernels", "-ldl", "-Wl,--no-undefined",
-           f"-Wl,--version-script={SOURCES / 'exports.map'}", "-o", str(library)]
+    cmd = [
+        "g++",
+        "-std=c++17",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-fPIC",
+        "-shared",
+        "-fvisibility=hidden",
+        "-isystem",
+        str(include),
+        "-isystem",
+        str(cuda_include),
+        "-I",
+        str(SOURCES),
+        *(str(SOURCES / name) for name in ("tokenPoolCore.cpp", "tokenPoolPlugin.cpp", "tokenPoolRegistration.cpp")),
+        "-L",
+        str(plugins_build),
+        "-ltokenpool_kernels",
+        "-ldl",
+        "-Wl,--no-undefined",
+        f"-Wl,--version-script={SOURCES / 'exports.map'}",
+        "-o",
+        str(library),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr, f"{' '.join(cmd)}\n{done.stderr[-6000:]}"
     assert not [name for name in needed(library) if name.startswith("libnvinfer")]

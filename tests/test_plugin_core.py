@@ -1,7 +1,8 @@
 """The TensorRT plugin's core (plugins/tokenpool/tokenPoolCore.{h,cpp}): every decision of the plugin, with no
-TensorRT, on the CPU. tests/cuda_emulator/build.py compiles the core, its C API for these tests
+TensorRT, on the CPU. harness/cuda_emulator/build.py compiles the core, its C API for these tests
 (tests/plugin_core/coreTestApi.cpp) and the emulated kernel sources into one library, so an enqueue through the
 core runs the real kernels end to end, against tpdeploy.token_pool (the PyTorch reference)."""
+
 import ctypes
 import shutil
 from pathlib import Path
@@ -10,11 +11,14 @@ import pytest
 import torch
 from test_kernels_emulated import F16, F32, bits, emulator_build, with_controls
 
-from tpdeploy import kernels, token_pool
-from tpdeploy.artifacts.tokenpool import PLUGIN_FIELDS
+from tpdeploy import token_pool
+from tpdeploy.tokenpool import cuda_kernels
+from tpdeploy.tokenpool.definition import PLUGIN_FIELDS
 
-CORE_SOURCES = [emulator_build.KERNEL_DIR / "tokenPoolCore.cpp",
-                Path(__file__).parent / "plugin_core" / "coreTestApi.cpp"]
+CORE_SOURCES = [
+    emulator_build.KERNEL_DIR / "tokenPoolCore.cpp",
+    Path(__file__).parent / "plugin_core" / "coreTestApi.cpp",
+]
 MAX_DIMS = 8
 FLOAT, HALF, BF16, INT8, INT32, INT64, OTHER = range(7)  # DataType
 LINEAR, OTHER_FORMAT = range(2)  # Format
@@ -24,6 +28,7 @@ TYPES = {F32: FLOAT, F16: HALF}
 
 
 # --- the core's structs (tokenPoolCore.h) ---------------------------------------------------------------------
+
 
 class Dims(ctypes.Structure):
     _fields_ = [("nbDims", ctypes.c_int32), ("d", ctypes.c_int64 * MAX_DIMS)]
@@ -50,8 +55,12 @@ class OutputShape(ctypes.Structure):
 
 
 class Field(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.c_void_p), ("type", ctypes.c_int32),
-                ("length", ctypes.c_int32)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("data", ctypes.c_void_p),
+        ("type", ctypes.c_int32),
+        ("length", ctypes.c_int32),
+    ]
 
 
 def field(name, value, kind=F_INT32, length=None):
@@ -71,18 +80,23 @@ def field(name, value, kind=F_INT32, length=None):
 
 
 def attribute_fields(k, t=3, mode="kmedoids", weighted=True):
-    return [field("num_clusters", k), field("iterations", t), field("mode", mode, F_CHAR),
-            field("weighted", int(weighted))]
+    return [
+        field("num_clusters", k),
+        field("iterations", t),
+        field("mode", mode, F_CHAR),
+        field("weighted", int(weighted)),
+    ]
 
 
 # --- the library ------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("needs g++ (C++17) to build the plugin core with the CUDA emulator")
     path = emulator_build.build(tmp_path_factory.mktemp("plugin_core"), extra_sources=CORE_SOURCES)
-    lib = with_controls(kernels.load(str(path)))  # the kernels' C API and the emulator's controls, plus:
+    lib = with_controls(cuda_kernels.load(str(path)))  # the kernels' C API and the emulator's controls, plus:
     p, i32, text, size = ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t
     for name, args, result in [
         ("tpcCreate", [ctypes.POINTER(Field), i32, ctypes.POINTER(i32), text, size, text, size], p),
@@ -113,8 +127,9 @@ class Core:
         self.lib = lib
         array = (Field * max(len(fields), 1))(*(f for f, _ in fields))
         status, message, warnings = ctypes.c_int32(), message_buffer(), message_buffer()
-        self.handle = lib.tpcCreate(array, len(fields), ctypes.byref(status), message, len(message), warnings,
-                                    len(warnings))
+        self.handle = lib.tpcCreate(
+            array, len(fields), ctypes.byref(status), message, len(message), warnings, len(warnings)
+        )
         self.status, self.message = status.value, message.value.decode()
         self.warnings = warnings.value.decode().splitlines()
         assert (self.handle is not None) == (self.status == SUCCESS)
@@ -139,16 +154,18 @@ class Core:
 
     def output_type(self, x_type, w_type, nb_inputs=2, nb_outputs=1):
         out = (ctypes.c_int32 * 2)(-1, -1)
-        status, message = self._call(self.lib.tpcOutputTypes, (ctypes.c_int32 * 2)(x_type, w_type), nb_inputs, out,
-                                     nb_outputs)
+        status, message = self._call(
+            self.lib.tpcOutputTypes, (ctypes.c_int32 * 2)(x_type, w_type), nb_inputs, out, nb_outputs
+        )
         return status, message, out[0]
 
     def output_shape(self, x_shape, w_shape):
         """(status, message, Y's extents as the core describes them, Y resolved against X's extents)."""
         out = OutputShape()
-        status, message = self._call(self.lib.tpcOutputShapes, (Dims * 2)(dims(x_shape), dims(w_shape)), 2,
-                                     ctypes.byref(out), 1)
-        extents = [(e.fromX, e.value) for e in out.d[:out.nbDims]]
+        status, message = self._call(
+            self.lib.tpcOutputShapes, (Dims * 2)(dims(x_shape), dims(w_shape)), 2, ctypes.byref(out), 1
+        )
+        extents = [(e.fromX, e.value) for e in out.d[: out.nbDims]]
         return status, message, extents, [x_shape[i] if i >= 0 else v for i, v in extents]
 
     def supports(self, pos, *descs):
@@ -159,9 +176,12 @@ class Core:
     @staticmethod
     def profile(x_min, x_max, x_type=HALF, w_type=FLOAT):
         """X and W over a profile from X's min and max shapes (desc.dims: -1 where min and max differ)."""
+
         def desc(lo, hi, t):
-            return DynamicTensorDesc(TensorDesc(dims([a if a == b else -1 for a, b in zip(lo, hi)]), t, LINEAR),
-                                     dims(lo), dims(hi))
+            return DynamicTensorDesc(
+                TensorDesc(dims([a if a == b else -1 for a, b in zip(lo, hi)]), t, LINEAR), dims(lo), dims(hi)
+            )
+
         return (DynamicTensorDesc * 2)(desc(x_min, x_max, x_type), desc(x_min[:2], x_max[:2], w_type))
 
     def configure(self, x_min, x_max, x_type=HALF, w_type=FLOAT):
@@ -179,12 +199,21 @@ class Core:
 
     def enqueue_pointers(self, x_shape, x_type, w_type, x, w, y, workspace):
         """enqueue() on raw pointers (ints, or None for null ones); W's shape is X's [B, N]."""
-        return self._call(self.lib.tpcEnqueue, self.descs(x_shape, x_shape[:2], x_type, w_type),
-                          (ctypes.c_void_p * 2)(x, w), (ctypes.c_void_p * 1)(y), workspace)
+        return self._call(
+            self.lib.tpcEnqueue,
+            self.descs(x_shape, x_shape[:2], x_type, w_type),
+            (ctypes.c_void_p * 2)(x, w),
+            (ctypes.c_void_p * 1)(y),
+            workspace,
+        )
 
     def enqueue(self, x, w, y, workspace):
-        return self.enqueue_pointers(list(x.shape), TYPES[x.dtype], TYPES[w.dtype],
-                                     *(t.data_ptr() if t is not None else None for t in (x, w, y, workspace)))
+        return self.enqueue_pointers(
+            list(x.shape),
+            TYPES[x.dtype],
+            TYPES[w.dtype],
+            *(t.data_ptr() if t is not None else None for t in (x, w, y, workspace)),
+        )
 
 
 def fields_of(lib, core):
@@ -192,20 +221,26 @@ def fields_of(lib, core):
     count = lib.tpcFields(core.handle if core else None, None, 0)
     out = (Field * count)()
     lib.tpcFields(core.handle if core else None, out, count)
+
     def value(f):
         if not f.data:
             return None
         if f.type == F_CHAR:
             return ctypes.string_at(f.data, f.length)
         return ctypes.cast(f.data, ctypes.POINTER(ctypes.c_int32 if f.type == F_INT32 else ctypes.c_int64))[0]
+
     return [(f.name.decode(), f.type, f.length, value(f)) for f in out]
 
 
 # --- fields ---------------------------------------------------------------------------------------------------
 
+
 def test_fields_from_the_onnx_parser(lib):
-    core = Core(lib, attribute_fields(110, 2, "kmeans", False) + [field("plugin_version", "1", F_CHAR),
-                                                                  field("plugin_namespace", "tpdeploy", F_CHAR)])
+    core = Core(
+        lib,
+        attribute_fields(110, 2, "kmeans", False)
+        + [field("plugin_version", "1", F_CHAR), field("plugin_namespace", "tpdeploy", F_CHAR)],
+    )
     assert core.status == SUCCESS and core.warnings == []  # plugin_version and plugin_namespace: ignored silently
     assert core.attributes() == {"num_clusters": 110, "iterations": 2, "mode": "kmeans", "weighted": 0}
     cache_id, metadata = core.strings()
@@ -216,25 +251,35 @@ def test_fields_from_the_onnx_parser(lib):
 def test_defaults_int64_fields_and_strings_without_a_nul(lib):
     core = Core(lib, [field("num_clusters", 7)])
     assert core.attributes() == {"num_clusters": 7, "iterations": 3, "mode": "kmedoids", "weighted": 1}
-    core = Core(lib, [field("num_clusters", 7, F_INT64), field("iterations", 0, F_INT64), field("weighted", 0, F_INT64),
-                      field("mode", "kmeans", F_CHAR, length=6)])
+    core = Core(
+        lib,
+        [
+            field("num_clusters", 7, F_INT64),
+            field("iterations", 0, F_INT64),
+            field("weighted", 0, F_INT64),
+            field("mode", "kmeans", F_CHAR, length=6),
+        ],
+    )
     assert core.attributes() == {"num_clusters": 7, "iterations": 0, "mode": "kmeans", "weighted": 0}
 
 
-@pytest.mark.parametrize("bad,message", [
-    (field("num_clusters", "110", F_CHAR), "'num_clusters' must be one kINT32"),
-    (field("num_clusters", 1.5, F_OTHER), "'num_clusters' must be one kINT32"),
-    (field("num_clusters", [3, 4]), "'num_clusters' must be one kINT32"),
-    (field("num_clusters", None, length=1), "'num_clusters' must be one kINT32"),
-    (field("num_clusters", 2**31, F_INT64), "'num_clusters' must be one kINT32 (or kINT64) value in int32 range"),
-    (field("num_clusters", 0), "num_clusters must be >= 1, got 0"),
-    (field("iterations", -1), "iterations must be >= 0, got -1"),
-    (field("iterations", "3", F_CHAR), "'iterations' must be one kINT32"),
-    (field("weighted", 2), "weighted must be 0 or 1, got 2"),
-    (field("mode", "kmedian", F_CHAR), "mode must be 'kmedoids' or 'kmeans', got 'kmedian'"),
-    (field("mode", 1), "'mode' must be a kCHAR string"),
-    (field("mode", None, F_CHAR, length=8), "'mode' must be a kCHAR string"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (field("num_clusters", "110", F_CHAR), "'num_clusters' must be one kINT32"),
+        (field("num_clusters", 1.5, F_OTHER), "'num_clusters' must be one kINT32"),
+        (field("num_clusters", [3, 4]), "'num_clusters' must be one kINT32"),
+        (field("num_clusters", None, length=1), "'num_clusters' must be one kINT32"),
+        (field("num_clusters", 2**31, F_INT64), "'num_clusters' must be one kINT32 (or kINT64) value in int32 range"),
+        (field("num_clusters", 0), "num_clusters must be >= 1, got 0"),
+        (field("iterations", -1), "iterations must be >= 0, got -1"),
+        (field("iterations", "3", F_CHAR), "'iterations' must be one kINT32"),
+        (field("weighted", 2), "weighted must be 0 or 1, got 2"),
+        (field("mode", "kmedian", F_CHAR), "mode must be 'kmedoids' or 'kmeans', got 'kmedian'"),
+        (field("mode", 1), "'mode' must be a kCHAR string"),
+        (field("mode", None, F_CHAR, length=8), "'mode' must be a kCHAR string"),
+    ],
+)
 def test_bad_fields_are_refused_with_the_reason(lib, bad, message):
     fields = [f for f in attribute_fields(5) if f[0].name != bad[0].name] + [bad]
     core = Core(lib, fields)
@@ -255,21 +300,27 @@ def test_unknown_fields_are_warned_about_and_ignored(lib):
 
 
 def test_creator_fields_are_the_onnx_attributes_the_engine_build_passes(lib):
-    """The creator's list (the ONNX parser only passes the attributes listed there) matches tpdeploy.artifacts.tokenpool's
-    PLUGIN_FIELDS, with TensorRT's ONNX parser's mapping INT -> kINT32, STRING -> kCHAR."""
+    """The creator's list (the ONNX parser only passes the attributes listed there) matches
+    tpdeploy.tokenpool.definition's PLUGIN_FIELDS, with TensorRT's ONNX parser's mapping INT -> kINT32, STRING ->
+    kCHAR."""
     kinds = {"INT": F_INT32, "STRING": F_CHAR}
     listed = fields_of(lib, None)
     assert {name: kind for name, kind, _, _ in listed} == {name: kinds[a] for name, a in PLUGIN_FIELDS.items()}
     assert all(value is None for *_, value in listed)
 
 
-@pytest.mark.parametrize("k,t,mode,weighted", [(1, 0, "kmedoids", True), (110, 3, "kmeans", False),
-                                               (7, 9, "kmeans", True)])
+@pytest.mark.parametrize(
+    "k,t,mode,weighted", [(1, 0, "kmedoids", True), (110, 3, "kmeans", False), (7, 9, "kmeans", True)]
+)
 def test_serialised_fields_parse_back_to_the_same_attributes(lib, k, t, mode, weighted):
     core = Core(lib, attribute_fields(k, t, mode, weighted))
     serial = fields_of(lib, core)
-    assert serial == [("num_clusters", F_INT32, 1, k), ("iterations", F_INT32, 1, t),
-                      ("mode", F_CHAR, len(mode) + 1, mode.encode() + b"\0"), ("weighted", F_INT32, 1, int(weighted))]
+    assert serial == [
+        ("num_clusters", F_INT32, 1, k),
+        ("iterations", F_INT32, 1, t),
+        ("mode", F_CHAR, len(mode) + 1, mode.encode() + b"\0"),
+        ("weighted", F_INT32, 1, int(weighted)),
+    ]
     count = lib.tpcFields(core.handle, None, 0)
     raw = (Field * count)()
     lib.tpcFields(core.handle, raw, count)
@@ -280,6 +331,7 @@ def test_serialised_fields_parse_back_to_the_same_attributes(lib, k, t, mode, we
 
 # --- types, shapes, formats -------------------------------------------------------------------------------------
 
+
 def test_output_type_is_x_type_and_w_must_be_float32(lib):
     core = Core(lib, attribute_fields(5))
     assert core.output_type(FLOAT, FLOAT) == (SUCCESS, "", FLOAT)
@@ -289,8 +341,10 @@ def test_output_type_is_x_type_and_w_must_be_float32(lib):
     assert message == "X must be float32 or float16 and W float32, got X float16 and W float16"
     assert "got X bfloat16 and W float32" in core.output_type(BF16, FLOAT)[1]
     assert "got X int8 and W an unsupported type" in core.output_type(INT8, OTHER)[1]
-    assert core.output_type(FLOAT, FLOAT, nb_inputs=3)[:2] == \
-        (INVALID_ARGUMENT, "expects 2 inputs (X, W) and 1 output, got 3 and 1")
+    assert core.output_type(FLOAT, FLOAT, nb_inputs=3)[:2] == (
+        INVALID_ARGUMENT,
+        "expects 2 inputs (X, W) and 1 output, got 3 and 1",
+    )
 
 
 def test_output_shape_is_b_k_c_with_unknown_extents_taken_from_x(lib):
@@ -301,15 +355,21 @@ def test_output_shape_is_b_k_c_with_unknown_extents_taken_from_x(lib):
     assert core.output_shape([-1, 110, 3], [-1, 110])[0] == SUCCESS  # K = N
 
 
-@pytest.mark.parametrize("x,w,message", [
-    ([-1, 109, 384], [-1, 109],
-     "num_clusters K=110 exceeds the number of tokens N=109 (X [-1, 109, 384]); K must be <= N"),
-    ([-1, -1, 384], [-1, 50], "exceeds the number of tokens N=50"),  # N known from W only
-    ([-1, 196], [-1, 196], "X must be [B, N, C] and W [B, N], got X [-1, 196] and W [-1, 196]"),
-    ([-1, 196, 384], [-1, 196, 1], "X must be [B, N, C] and W [B, N]"),
-    ([4, 196, 384], [8, 196], "W must be [B, N] = [X.shape[0], X.shape[1]], got X [4, 196, 384] and W [8, 196]"),
-    ([4, 196, 384], [4, 197], "W must be [B, N]"),
-])
+@pytest.mark.parametrize(
+    "x,w,message",
+    [
+        (
+            [-1, 109, 384],
+            [-1, 109],
+            "num_clusters K=110 exceeds the number of tokens N=109 (X [-1, 109, 384]); K must be <= N",
+        ),
+        ([-1, -1, 384], [-1, 50], "exceeds the number of tokens N=50"),  # N known from W only
+        ([-1, 196], [-1, 196], "X must be [B, N, C] and W [B, N], got X [-1, 196] and W [-1, 196]"),
+        ([-1, 196, 384], [-1, 196, 1], "X must be [B, N, C] and W [B, N]"),
+        ([4, 196, 384], [8, 196], "W must be [B, N] = [X.shape[0], X.shape[1]], got X [4, 196, 384] and W [8, 196]"),
+        ([4, 196, 384], [4, 197], "W must be [B, N]"),
+    ],
+)
 def test_output_shape_refusals(lib, x, w, message):
     status, got, _, _ = Core(lib, attribute_fields(110)).output_shape(x, w)
     assert status == INVALID_ARGUMENT and message in got
@@ -332,6 +392,7 @@ def test_format_combinations(lib):
 
 # --- build-time and run-time checks, workspace --------------------------------------------------------------------
 
+
 def test_configure_checks_the_whole_profile(lib):
     core = Core(lib, attribute_fields(110))
     assert core.configure([1, 196, 384], [64, 196, 384]) == (SUCCESS, "")
@@ -340,8 +401,9 @@ def test_configure_checks_the_whole_profile(lib):
     assert status == INVALID_ARGUMENT and message.endswith("K must be <= N (optimization profile min/max)")
     status, message = core.configure([1, 196, 384], [64, 1025, 384])
     assert status == INVALID_CONFIG
-    assert message.startswith("the profile's largest input X [64, 1025, 384] is not supported by the kernel: "
-                              "unsupported")
+    assert message.startswith(
+        "the profile's largest input X [64, 1025, 384] is not supported by the kernel: unsupported"
+    )
     status, message = core.configure([1, 196, 384], [64, 196, 384], w_type=HALF)
     assert status == INVALID_ARGUMENT and "W float32" in message
 
@@ -354,21 +416,25 @@ def test_shape_change_checks_the_concrete_shapes(lib):
     assert "W must be [B, N]" in core.shape_change([8, 196, 384], [4, 196])[1]
     status, message = core.shape_change([8, 1025, 384], [8, 1025])
     assert status == INVALID_ARGUMENT
-    assert message.startswith("input X [8, 1025, 384] is not supported by the kernel: unsupported: the TokenPool "
-                              "kernels take N <= 1024")
+    assert message.startswith(
+        "input X [8, 1025, 384] is not supported by the kernel: unsupported: the TokenPool kernels take N <= 1024"
+    )
     assert core.shape_change([8, 196, 65537], [8, 196])[0] == INVALID_ARGUMENT
     assert "W float32" in core.shape_change([8, 196, 384], [8, 196], w_type=HALF)[1]
 
 
-@pytest.mark.parametrize("mode,t,x_type", [("kmedoids", 3, HALF), ("kmedoids", 0, FLOAT), ("kmeans", 2, FLOAT),
-                                           ("kmeans", 3, HALF)])
+@pytest.mark.parametrize(
+    "mode,t,x_type", [("kmedoids", 3, HALF), ("kmedoids", 0, FLOAT), ("kmeans", 2, FLOAT), ("kmeans", 3, HALF)]
+)
 def test_workspace_is_the_kernels_for_the_profile_max_and_grows_with_b_n_c(lib, mode, t, x_type):
     k = 20
     core = Core(lib, attribute_fields(k, t, mode))
+
     def size(b, n, c):
         return core.workspace([b, n, c], x_type)
+
     for b, n, c in ((1, 20, 8), (8, 196, 384), (64, 1024, 768)):
-        p = kernels.Params(b, n, c, k, t, int(mode == "kmeans"), 1, int(x_type == HALF), 0)
+        p = cuda_kernels.Params(b, n, c, k, t, int(mode == "kmeans"), 1, int(x_type == HALF), 0)
         assert size(b, n, c) == lib.tokenPoolWorkspaceSize(ctypes.byref(p)) > 0
     grid = [(b, n, c) for b in (1, 2, 7, 32) for n in (20, 33, 196, 577) for c in (1, 64, 385)]
     for b, n, c in grid:  # never smaller for a larger problem (256-byte buffer alignment: not always larger)
@@ -382,6 +448,7 @@ def test_workspace_is_the_kernels_for_the_profile_max_and_grows_with_b_n_c(lib, 
 
 
 # --- enqueue through the core, on the emulated kernels ------------------------------------------------------------
+
 
 def separated(seed, b, n, c, x_dtype):
     """Tokens in 6 groups whose centres lie 32-128 apart, within ±1 of them, weights in [0.5, 1.5): no two
@@ -422,27 +489,42 @@ def test_enqueue_of_an_empty_output_writes_nothing(lib):
         assert core.enqueue(x, torch.zeros(x_shape[:2]), None, None) == (SUCCESS, "")
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"x": None}, "kernel launch failed for X [2, 50, 24]: invalid value: params outside the TokenPool definition "
-                  "(sizes >= 1, 1 <= K <= N, T >= 0, known mode and data types, weighted 0 or 1) or a null or "
-                  "misaligned pointer"),
-    ({"y": None}, "kernel launch failed for X [2, 50, 24]: invalid value"),
-    ({"workspace": None}, "kernel launch failed for X [2, 50, 24]: invalid value"),
-    ({"w": 2}, "kernel launch failed for X [2, 50, 24]: invalid value"),  # float32 W off its 4-byte alignment
-    ({"x_shape": [2, 1025, 24]}, "kernel launch failed for X [2, 1025, 24]: unsupported: the TokenPool kernels take "
-                                 "N <= 1024 tokens"),
-    ({"x_shape": [2, 4, 24]}, "kernel launch failed for X [2, 4, 24]: invalid value"),  # K = 7 > N
-    ({"w_type": HALF}, "X must be float32 or float16 and W float32, got X float32 and W float16"),
-    ({"x_shape": [2, 50]}, "X must be [B, N, C] with extents in [0, 2^31), got [2, 50]"),
-    ({"x_shape": [2**31, 50, 24]}, "X must be [B, N, C] with extents in [0, 2^31), got [2147483648, 50, 24]"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"x": None},
+            "kernel launch failed for X [2, 50, 24]: invalid value: params outside the TokenPool definition "
+            "(sizes >= 1, 1 <= K <= N, T >= 0, known mode and data types, weighted 0 or 1) or a null or "
+            "misaligned pointer",
+        ),
+        ({"y": None}, "kernel launch failed for X [2, 50, 24]: invalid value"),
+        ({"workspace": None}, "kernel launch failed for X [2, 50, 24]: invalid value"),
+        ({"w": 2}, "kernel launch failed for X [2, 50, 24]: invalid value"),  # float32 W off its 4-byte alignment
+        (
+            {"x_shape": [2, 1025, 24]},
+            "kernel launch failed for X [2, 1025, 24]: unsupported: the TokenPool kernels take N <= 1024 tokens",
+        ),
+        ({"x_shape": [2, 4, 24]}, "kernel launch failed for X [2, 4, 24]: invalid value"),  # K = 7 > N
+        ({"w_type": HALF}, "X must be float32 or float16 and W float32, got X float32 and W float16"),
+        ({"x_shape": [2, 50]}, "X must be [B, N, C] with extents in [0, 2^31), got [2, 50]"),
+        ({"x_shape": [2**31, 50, 24]}, "X must be [B, N, C] with extents in [0, 2^31), got [2147483648, 50, 24]"),
+    ],
+)
 def test_enqueue_errors_come_back_as_the_cores_status_and_message(lib, change, message):
     core = Core(lib, attribute_fields(7))
     x, w = separated(0, 2, 50, 24, F32)
     y = torch.zeros(2, 7, 24)
     workspace = torch.zeros(core.workspace([2, 50, 24], FLOAT), dtype=torch.uint8)
-    args = {"x_shape": [2, 50, 24], "x_type": FLOAT, "w_type": FLOAT, "x": x.data_ptr(), "w": w.data_ptr(),
-            "y": y.data_ptr(), "workspace": workspace.data_ptr()}
+    args = {
+        "x_shape": [2, 50, 24],
+        "x_type": FLOAT,
+        "w_type": FLOAT,
+        "x": x.data_ptr(),
+        "w": w.data_ptr(),
+        "y": y.data_ptr(),
+        "workspace": workspace.data_ptr(),
+    }
     if "w" in change:
         change = {"w": args["w"] + change["w"]}
     status, got = core.enqueue_pointers(**{**args, **change})

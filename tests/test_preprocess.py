@@ -1,4 +1,5 @@
 """Encoded images -> model input with the model's data config (timm's evaluation transform)."""
+
 import io
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 
 Image = pytest.importorskip("PIL.Image", reason="needs Pillow")
 
-from tpdeploy.artifacts.recipe import DataConfig  # noqa: E402
-from tpdeploy.errors import TpdeployError  # noqa: E402
-from tpdeploy.preprocess import preprocess_image, resize_center_crop  # noqa: E402
+from tpdeploy.artifacts.recipe import DataConfig
+from tpdeploy.data.preprocess import preprocess_image, resize_center_crop
+from tpdeploy.errors import TpdeployError
 
 DEIT = DataConfig()  # bicubic, crop_pct 0.9
 TORCHVISION = DataConfig(interpolation="bilinear", crop_pct=0.875)
@@ -40,8 +41,11 @@ def test_a_flat_colour_is_normalised_with_the_configs_mean_and_std():
     want = (np.array(color) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(x[:, 112, 112], want, atol=1e-5)
     half = DataConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    np.testing.assert_allclose(preprocess_image(png(Image.new("RGB", (50, 50), color)), half)[:, 0, 0],
-                               (np.array(color) / 255.0 - 0.5) / 0.5, atol=1e-5)
+    np.testing.assert_allclose(
+        preprocess_image(png(Image.new("RGB", (50, 50), color)), half)[:, 0, 0],
+        (np.array(color) / 255.0 - 0.5) / 0.5,
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("config,column", [(TORCHVISION, 56), (DEIT, 58)])
@@ -58,8 +62,9 @@ def test_rounding_follows_torchvision():
     img = Image.new("RGB", (333, 500))
     out = resize_center_crop(img, DEIT)
     assert out.size == (224, 224)
-    squash = resize_center_crop(Image.new("RGB", (640, 480)), DataConfig(input_size=384, crop_pct=1.0,
-                                                                         crop_mode="squash"))
+    squash = resize_center_crop(
+        Image.new("RGB", (640, 480)), DataConfig(input_size=384, crop_pct=1.0, crop_mode="squash")
+    )
     assert squash.size == (384, 384)
 
 
@@ -76,8 +81,15 @@ def test_garbage_is_refused(data):
 
 
 def test_bad_configs_are_refused():
-    for bad in ({"interpolation": "nearest"}, {"crop_pct": 0}, {"crop_pct": 1.5}, {"mean": (0.5, 0.5)},
-                {"std": (0.0, 1.0, 1.0)}, {"input_size": 0}, {"crop_mode": "border"}):
+    for bad in (
+        {"interpolation": "nearest"},
+        {"crop_pct": 0},
+        {"crop_pct": 1.5},
+        {"mean": (0.5, 0.5)},
+        {"std": (0.0, 1.0, 1.0)},
+        {"input_size": 0},
+        {"crop_mode": "border"},
+    ):
         with pytest.raises(TpdeployError, match="invalid data config"):
             DataConfig(**bad)
     with pytest.raises(TpdeployError, match="DataConfig"):

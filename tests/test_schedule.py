@@ -1,20 +1,29 @@
 """MAC counts, schedule validation, the FLOPs solver and the shipped presets."""
+
 import pytest
 
-from tpdeploy import schedule as sched
-from tpdeploy.model import create_model, get_config, list_archs, parameter_count
+from tpdeploy.model import schedule as sched
+from tpdeploy.model.factory import create_model
+from tpdeploy.model.registry import get_config, list_archs, parameter_count
 
 # Dense GMACs and params (M) as timm publishes them: huggingface/pytorch-image-models,
 # results/benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv (columns infer_gmacs, param_count)
 TIMM_FIGURES = {
-    "deit_tiny": (1.26, 5.72), "deit_small": (4.61, 22.05), "deit_base": (17.58, 86.57),
-    "deit_tiny_distilled_patch16_224": (1.27, 5.91), "deit_small_distilled_patch16_224": (4.63, 22.44),
+    "deit_tiny": (1.26, 5.72),
+    "deit_small": (4.61, 22.05),
+    "deit_base": (17.58, 86.57),
+    "deit_tiny_distilled_patch16_224": (1.27, 5.91),
+    "deit_small_distilled_patch16_224": (4.63, 22.44),
     "deit_base_distilled_patch16_224": (17.68, 87.34),
-    "deit3_small_patch16_224": (4.61, 22.06), "deit3_base_patch16_224": (17.58, 86.59),
-    "vit_small_patch16_224": (4.61, 22.05), "vit_small_patch16_384": (15.52, 22.2),
-    "vit_base_patch16_224": (17.58, 86.57), "vit_base_patch16_384": (55.54, 86.86),
+    "deit3_small_patch16_224": (4.61, 22.06),
+    "deit3_base_patch16_224": (17.58, 86.59),
+    "vit_small_patch16_224": (4.61, 22.05),
+    "vit_small_patch16_384": (15.52, 22.2),
+    "vit_base_patch16_224": (17.58, 86.57),
+    "vit_base_patch16_384": (55.54, 86.86),
     "vit_base_patch32_224": (4.41, 88.22),
-    "vit_large_patch16_224": (61.6, 304.33), "vit_large_patch16_384": (191.21, 304.72),
+    "vit_large_patch16_224": (61.6, 304.33),
+    "vit_large_patch16_384": (191.21, 304.72),
 }
 
 
@@ -78,7 +87,9 @@ def test_presets_are_valid_and_on_target():
 
 def test_preset_file_by_path(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('arch = "deit_tiny"\nmethod = "topk"\ntokens = [196, 196, 150, 150, 150, 150, 100, 100, 100, 100, 100, 100]\n')
+    path.write_text(
+        'arch = "deit_tiny"\nmethod = "topk"\ntokens = [196, 196, 150, 150, 150, 150, 100, 100, 100, 100, 100, 100]\n'
+    )
     model = create_model("deit_tiny", preset=str(path))
     assert model.method == "topk" and model.tokens[2] == 150
     path.write_text("arch = \n")

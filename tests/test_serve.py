@@ -4,6 +4,7 @@ Loopback only, ports chosen free by the test, request loops bounded in count and
 per session. The module's server is launched without LD_LIBRARY_PATH (the pyenv libpython trap) and watched from
 the moment of launch; the last test that uses it stops it under load, and the next restarts on its ports.
 """
+
 import io
 import json
 import os
@@ -22,18 +23,18 @@ pytest.importorskip("psutil", reason="needs psutil")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[all]")
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[all]")
 
-from PIL import Image  # noqa: E402
-from serving_harness import ServerProcess, free_ports, http_status, inference_counts  # noqa: E402
-from serving_harness import encoded_image as encoded  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from PIL import Image
+from tritonclient.utils import InferenceServerException
 
-from tpdeploy import runtime  # noqa: E402
-from tpdeploy.errors import DeviceError, TpdeployError  # noqa: E402
-from tpdeploy.images import sample_images  # noqa: E402
-from tpdeploy.preprocess import preprocess_image  # noqa: E402
-from tpdeploy.serving import service as sv  # noqa: E402
-from tpdeploy.serving.handlers import ModelHandlers, RequestFailed, RequestRefused, top_classes  # noqa: E402
-from tpdeploy.serving.settings import ServeSettings  # noqa: E402
+from harness.serving import ServerProcess, free_ports, http_status, inference_counts
+from harness.serving import encoded_image as encoded
+from tpdeploy import runtime
+from tpdeploy.data.preprocess import preprocess_image
+from tpdeploy.data.samples import sample_images
+from tpdeploy.errors import DeviceError, TpdeployError
+from tpdeploy.serving import service as sv
+from tpdeploy.serving.handlers import ModelHandlers, RequestFailed, RequestRefused, top_classes
+from tpdeploy.serving.settings import ServeSettings
 
 NAME = "tp"
 MAX_BATCH = 8
@@ -44,6 +45,7 @@ SHUTDOWN_NOISE = ("graceful", "leaked", "Traceback", "killing what Triton left")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures, helpers
+
 
 @pytest.fixture(scope="module")
 def runner(tiny_onnx):
@@ -106,26 +108,29 @@ class Load:
         module = grpcclient if use_grpc else httpclient
         try:
             i = 0
-            while not self.stop.is_set() and time.monotonic() < self.deadline and (
-                    self.requests is None or i < self.requests):
+            while (
+                not self.stop.is_set()
+                and time.monotonic() < self.deadline
+                and (self.requests is None or i < self.requests)
+            ):
                 k = i % len(self.images)
                 i += 1
                 try:
-                    got = infer_images(client, module, self.images[k:k + 1])
-                except Exception as e:  # noqa: BLE001 - counted; the test decides
+                    got = infer_images(client, module, self.images[k : k + 1])
+                except Exception as e:  # counted; the test decides
                     self.errors.append(repr(e))
                     if self.stop.is_set() or self.requests is None:
                         time.sleep(0.02)
                     continue
                 self.answered += 1
-                if not np.allclose(got, self.expected[k:k + 1], atol=ATOL, rtol=RTOL):
+                if not np.allclose(got, self.expected[k : k + 1], atol=ATOL, rtol=RTOL):
                     self.wrong.append(k)
         finally:
             client.close()
 
 
 def expected_one_by_one(runner, images):
-    return np.concatenate([runner.infer(images[k:k + 1]) for k in range(len(images))])
+    return np.concatenate([runner.infer(images[k : k + 1]) for k in range(len(images))])
 
 
 def assert_stopped_cleanly(server, rc):
@@ -139,6 +144,7 @@ def assert_stopped_cleanly(server, rc):
 
 
 # ---------------------------------------------------------------------------------------------- without a server
+
 
 def test_top_classes():
     logits = np.array([[0.0, 3.0, 1.0, 3.0, -1.0, 2.0, 0.5]], np.float32)
@@ -163,8 +169,15 @@ def test_handlers_answer_as_the_runtime(runner):
     assert handlers.images_stats.snapshot()["batch_sizes"] == {3: 1}
 
 
-@pytest.mark.parametrize("blob,message", [(b"", "empty image"), (b"\x00\x01garbage" * 50, "cannot decode"),
-                                          (None, "too large: 8660x5774"), ("truncated", "cannot decode")])
+@pytest.mark.parametrize(
+    "blob,message",
+    [
+        (b"", "empty image"),
+        (b"\x00\x01garbage" * 50, "cannot decode"),
+        (None, "too large: 8660x5774"),
+        ("truncated", "cannot decode"),
+    ],
+)
 def test_handlers_refuse_bad_images_in_one_line(runner, blob, message):
     handlers = ModelHandlers(runner, NAME)  # serving's limit: 25 megapixels
     if blob is None:
@@ -180,7 +193,8 @@ def test_handlers_refuse_bad_images_in_one_line(runner, blob, message):
 
 
 def test_a_backend_fault_is_a_500_and_a_broken_backend_is_reported_once(tiny_onnx, tmp_path):
-    from serving_harness import fault_injecting_runner
+    from harness.serving import fault_injecting_runner
+
     trigger = tmp_path / "broken"
     broken = []
     handlers = ModelHandlers(fault_injecting_runner(tiny_onnx, str(trigger)), NAME, on_broken=broken.append)
@@ -199,10 +213,17 @@ def test_a_backend_fault_is_a_500_and_a_broken_backend_is_reported_once(tiny_onn
 
 def test_settings_are_checked_once():
     s = ServeSettings("models/deit_small_058.onnx", http_port=9000, grpc_port=9001, metrics_port=None)
-    assert (s.name, s.classify_name, s.ports) == ("deit_small_058", "deit_small_058_classify",
-                                                   [("HTTP", 9000), ("gRPC", 9001)])
-    for bad, match in [({"http_port": 9001, "grpc_port": 9001}, "must differ"), ({"max_batch": 0}, "max-batch"),
-                       ({"http_port": 70000}, "HTTP port"), ({"name": "a b"}, "model name")]:
+    assert (s.name, s.classify_name, s.ports) == (
+        "deit_small_058",
+        "deit_small_058_classify",
+        [("HTTP", 9000), ("gRPC", 9001)],
+    )
+    for bad, match in [
+        ({"http_port": 9001, "grpc_port": 9001}, "must differ"),
+        ({"max_batch": 0}, "max-batch"),
+        ({"http_port": 70000}, "HTTP port"),
+        ({"name": "a b"}, "model name"),
+    ]:
         with pytest.raises(TpdeployError, match=match):
             ServeSettings("m.onnx", **bad)
 
@@ -219,17 +240,20 @@ def test_libpython_goes_first_on_ld_path(monkeypatch):
 
 def test_port_in_use_is_a_clear_error(tiny_onnx):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         busy = s.getsockname()[1]
-        service = sv.TritonService(ServeSettings(tiny_onnx, http_port=busy, grpc_port=free_ports(1)[0],
-                                                 metrics_port=None))
+        service = sv.TritonService(
+            ServeSettings(tiny_onnx, http_port=busy, grpc_port=free_ports(1)[0], metrics_port=None)
+        )
         with pytest.raises(TpdeployError, match=f"127.0.0.1:{busy}"):
             service.start()
 
 
 # ---------------------------------------------------------------------------------------------- the server
+
 
 @pytest.fixture(scope="module")
 def server(tiny_onnx, runner):
@@ -252,14 +276,16 @@ def server(tiny_onnx, runner):
             try:
                 call(client, module)
                 s.early[label] = "ok"
-            except Exception as e:  # noqa: BLE001 - the test reports it
+            except Exception as e:  # the test reports it
                 s.early[label] = repr(e)
             finally:
                 client.close()
 
-        threads = [threading.Thread(target=early, args=(f"{m.__name__} {i}", call, make, m))
-                   for i, call in enumerate(calls) for make, m in ((s.http_client, httpclient),
-                                                                   (s.grpc_client, grpcclient))]
+        threads = [
+            threading.Thread(target=early, args=(f"{m.__name__} {i}", call, make, m))
+            for i, call in enumerate(calls)
+            for make, m in ((s.http_client, httpclient), (s.grpc_client, grpcclient))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -315,8 +341,9 @@ def test_classify_uses_the_models_recorded_preprocessing(server, runner):
     (DeiT's: bicubic, crop 0.9)."""
     assert (runner.data_config.interpolation, runner.data_config.crop_pct) == ("bicubic", 0.9)
     blobs = [encoded("JPEG", seed=3), encoded("PNG", seed=4, size=(200, 320))]
-    want_classes, want_scores = top_classes(runner.infer(np.stack([preprocess_image(b, runner.data_config)
-                                                                   for b in blobs])))
+    want_classes, want_scores = top_classes(
+        runner.infer(np.stack([preprocess_image(b, runner.data_config) for b in blobs]))
+    )
     for client, module in clients(server):
         try:
             classes, scores = classify(client, module, blobs)
@@ -361,10 +388,16 @@ def test_every_bad_request_is_a_400_in_one_line_and_the_server_keeps_serving(ser
         ("wrong shape http", lambda: infer_images(c, httpclient, np.zeros((1, 3, 100, 100), np.float32)), "shape"),
         ("wrong shape grpc", lambda: infer_images(g, grpcclient, np.zeros((1, 224, 224, 3), np.float32)), "shape"),
         ("wrong dtype http", lambda: infer_images(c, httpclient, np.zeros((1, 3, 224, 224)), "FP64"), "FP64"),
-        ("wrong dtype grpc", lambda: infer_images(g, grpcclient, np.zeros((1, 3, 224, 224), np.int32), "INT32"),
-         "INT32"),
-        ("batch too large", lambda: infer_images(c, httpclient, np.zeros((MAX_BATCH + 1, 3, 224, 224), np.float32)),
-         "batch"),
+        (
+            "wrong dtype grpc",
+            lambda: infer_images(g, grpcclient, np.zeros((1, 3, 224, 224), np.int32), "INT32"),
+            "INT32",
+        ),
+        (
+            "batch too large",
+            lambda: infer_images(c, httpclient, np.zeros((MAX_BATCH + 1, 3, 224, 224), np.float32)),
+            "batch",
+        ),
         ("empty body", lambda: _post(infer_url, b""), ""),
         ("not JSON", lambda: _post(infer_url, b"{nope"), ""),
         ("garbage bytes http", lambda: classify(c, httpclient, [b"\x00\x01garbage" * 50]), "cannot decode"),
@@ -428,8 +461,9 @@ def test_restart_on_the_same_ports_right_after_a_stop_then_ctrl_c_under_load(ser
         assert "SIGINT received: stopping" in again.log()
 
 
-@pytest.mark.parametrize("sig,group,moment", [(signal.SIGTERM, False, "starting Triton"),
-                                              (signal.SIGINT, True, "starting Triton")])
+@pytest.mark.parametrize(
+    "sig,group,moment", [(signal.SIGTERM, False, "starting Triton"), (signal.SIGINT, True, "starting Triton")]
+)
 def test_a_signal_during_start_up_stops_within_10_s_leaving_nothing(tiny_onnx, sig, group, moment):
     """While tritonserver loads the models: it is immune to signals until its handlers are in place (a SIGINT to
     the group used to kill it and orphan its stubs, or leave `serve` waiting 120 s for it)."""

@@ -1,5 +1,6 @@
 """Triton model repositories for Triton's own backends (onnxruntime_onnx, tensorrt_plan): configs that parse
 with tritonclient's model_config_pb2, files with the user's permissions, no partial folder."""
+
 import os
 import stat
 
@@ -7,13 +8,13 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient (pip install 'tpdeploy[serve]')")
 
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+from google.protobuf import text_format
+from standin import standin_engine, standin_onnx
+from tritonclient.grpc import model_config_pb2
 
-from standin import standin_engine, standin_onnx  # noqa: E402
-from tpdeploy import triton_repo  # noqa: E402
-from tpdeploy.artifacts import libraries  # noqa: E402
-from tpdeploy.errors import TpdeployError  # noqa: E402
+from tpdeploy.errors import TpdeployError
+from tpdeploy.serving import triton_config, triton_repo
+from tpdeploy.tokenpool import libraries
 
 
 def _parse(path):
@@ -27,7 +28,7 @@ def test_repository_onnx_config_parses(tiny_onnx, tmp_path):
     cfg = _parse(repo / "deit_tiny_tp" / "config.pbtxt")
     assert cfg.name == "deit_tiny_tp" and cfg.platform == "onnxruntime_onnx"
     assert cfg.max_batch_size == 16 and cfg.HasField("dynamic_batching")
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == triton_repo.DEFAULT_QUEUE_DELAY_US
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == triton_config.DEFAULT_QUEUE_DELAY_US
     fp32 = model_config_pb2.TYPE_FP32
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("images", fp32, [3, 224, 224])]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [("logits", fp32, [1000])]
@@ -44,7 +45,7 @@ def test_repository_files_get_the_users_permissions(tiny_onnx, tmp_path):
         triton_repo.write_repository(tiny_onnx, str(tmp_path / "repo"), name="m")
     finally:
         os.umask(old)
-    for root, dirs, files in os.walk(tmp_path / "repo"):
+    for root, _dirs, files in os.walk(tmp_path / "repo"):
         assert stat.S_IMODE(os.stat(root).st_mode) == 0o755, root
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o644, name
@@ -76,8 +77,9 @@ def test_repository_engine_config_parses_with_plugin(tmp_path, plugin):
     onnx_path = standin_onnx(tmp_path / "m.onnx", classes=1000)
     engine, _ = standin_engine(tmp_path, onnx_path, name="deit_small_tp.plan", fp16=True, max_batch=16)
     repo = tmp_path / "repo"
-    report = triton_repo.write_repository(engine, str(repo), name="tp_trt", max_batch=32, instances=2,
-                                          plugin=str(plugin))
+    report = triton_repo.write_repository(
+        engine, str(repo), name="tp_trt", max_batch=32, instances=2, plugin=str(plugin)
+    )
     cfg = _parse(repo / "tp_trt" / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
     assert cfg.max_batch_size == 16 and cfg.HasField("dynamic_batching")  # clamped to the engine's profile

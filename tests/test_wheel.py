@@ -1,5 +1,6 @@
 """The deployment install: the wheel installed with its `cpu` extra into a fresh virtual environment, without
 PyTorch, runs an exported file (info, bench, the Python runtime). Needs PyPI (pip downloads the dependencies)."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,12 @@ from conftest import REPO
 
 
 def pip(python, *args, timeout=900):
-    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +37,10 @@ def deployment_venv(tmp_path_factory):
 
 
 def test_the_wheel_ships_the_package_and_the_presets(deployment_venv):
-    code = ("import importlib.util as u, json, tpdeploy; from tpdeploy import schedule; "
-            "print(json.dumps([tpdeploy.__file__, sorted(schedule.presets()), u.find_spec('torch') is None]))")
+    code = (
+        "import importlib.util as u, json, tpdeploy; from tpdeploy.model import schedule; "
+        "print(json.dumps([tpdeploy.__file__, sorted(schedule.presets()), u.find_spec('torch') is None]))"
+    )
     result = subprocess.run([str(deployment_venv), "-c", code], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
     location, presets, no_torch = json.loads(result.stdout)
@@ -47,13 +54,18 @@ def test_info_bench_and_runtime_without_torch(deployment_venv, tiny_onnx, tmp_pa
     assert info.returncode == 0, info.stderr[-2000:]
     assert json.loads(info.stdout)["token_pool_nodes"] == 11
     out = tmp_path / "bench.json"
-    bench = subprocess.run([str(tpdeploy), "bench", tiny_onnx, "--iterations", "3", "--warmup-ms", "0",
-                            "--json", str(out)], capture_output=True, text=True)
+    bench = subprocess.run(
+        [str(tpdeploy), "bench", tiny_onnx, "--iterations", "3", "--warmup-ms", "0", "--json", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert json.loads(out.read_text())["samples"] == 3
-    code = ("import sys, numpy as np; from tpdeploy import runtime; from tpdeploy.images import sample_images; "
-            "y = runtime.load(sys.argv[1]).infer(sample_images(2)); "
-            "assert y.shape == (2, 1000) and 'torch' not in sys.modules; print('ok')")
+    code = (
+        "import sys, numpy as np; from tpdeploy import runtime; from tpdeploy.data.samples import sample_images; "
+        "y = runtime.load(sys.argv[1]).infer(sample_images(2)); "
+        "assert y.shape == (2, 1000) and 'torch' not in sys.modules; print('ok')"
+    )
     run = subprocess.run([str(deployment_venv), "-c", code, tiny_onnx], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
     export = subprocess.run([str(tpdeploy), "export", "-o", str(tmp_path / "x.onnx")], capture_output=True, text=True)

@@ -8,6 +8,7 @@ The command line prints any `TpdeployError` as one line `error: ...` and exits w
 - `DeviceError` (exit 3): a fault of the machine or the engine (a CUDA error, a failed enqueue, a plugin that
   fails); the message says what to check. `tpdeploy serve` answers it with HTTP 500, a user's mistake with 400.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,14 @@ class InvalidArgumentError(UserError, ValueError):
 
 class DeviceError(TpdeployError):
     """The machine, the GPU or the engine failed on valid input."""
+
     exit_code = 3
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception from a library, for a TpdeployError message."""
     text = str(exc).strip()
-    return (text.splitlines()[0][:limit] if text else type(exc).__name__)
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:

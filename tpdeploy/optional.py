@@ -9,6 +9,7 @@
     tpdeploy[tensorrt]  tensorrt, cuda-bindings
     tpdeploy[eval]      Pillow, matplotlib, scipy   eval and sweep (scipy: the ILSVRC2012 devkit's meta.mat)
 """
+
 from __future__ import annotations
 
 import importlib

@@ -49,8 +49,8 @@ Result invalid(std::string message)
 
 Result countError(int32_t nbInputs, int32_t nbOutputs)
 {
-    return invalid("expects 2 inputs (X, W) and 1 output, got " + std::to_string(nbInputs) + " and "
-        + std::to_string(nbOutputs));
+    return invalid(
+        "expects 2 inputs (X, W) and 1 output, got " + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
 }
 
 //! The kernels take float16 W too, but the op's contract keeps significance in float32.
@@ -61,8 +61,8 @@ bool typesSupported(DataType x, DataType w) noexcept
 
 Result typeError(DataType x, DataType w)
 {
-    return invalid(std::string("X must be float32 or float16 and W float32, got X ") + typeName(x) + " and W "
-        + typeName(w));
+    return invalid(
+        std::string("X must be float32 or float16 and W float32, got X ") + typeName(x) + " and W " + typeName(w));
 }
 
 bool fitsInt(int64_t value) noexcept
@@ -150,7 +150,7 @@ Result validate(Attributes const& attributes)
     return {};
 }
 
-} // namespace
+}  // namespace
 
 std::vector<Field> fieldList(Attributes const* values)
 {
@@ -165,8 +165,7 @@ std::vector<Field> fieldList(Attributes const* values)
         {"weighted", at(&a.weighted), FieldType::kINT32, 1}};
 }
 
-Result parseFields(
-    Field const* fields, int32_t nbFields, Attributes& attributes, std::vector<std::string>& warnings)
+Result parseFields(Field const* fields, int32_t nbFields, Attributes& attributes, std::vector<std::string>& warnings)
 {
     bool haveClusters = false;
     for (int32_t i = 0; fields != nullptr && i < nbFields; ++i)
@@ -247,8 +246,8 @@ Result TokenPoolCore::checkDims(Dims const& x, Dims const& w) const
     int64_t const n = x.d[1] >= 0 ? x.d[1] : w.d[1];
     if (n >= 0 && n < mAttributes.numClusters)
     {
-        return invalid("num_clusters K=" + std::to_string(mAttributes.numClusters) + " exceeds the number of tokens N="
-            + std::to_string(n) + " (X " + dimsString(x) + "); K must be <= N");
+        return invalid("num_clusters K=" + std::to_string(mAttributes.numClusters)
+            + " exceeds the number of tokens N=" + std::to_string(n) + " (X " + dimsString(x) + "); K must be <= N");
     }
     return {};
 }
@@ -325,7 +324,8 @@ Result TokenPoolCore::configure(DynamicTensorDesc const* inputs, int32_t nbInput
     tpStatus const status = tokenPoolValidate(&params);
     if (status != TP_SUCCESS)
     {
-        return {Status::kINVALID_CONFIG, "the profile's largest input X " + dimsString(inputs[0].max)
+        return {Status::kINVALID_CONFIG,
+            "the profile's largest input X " + dimsString(inputs[0].max)
                 + " is not supported by the kernel: " + tokenPoolStatusString(status)};
     }
     return {};
@@ -361,8 +361,8 @@ Result TokenPoolCore::shapeChange(TensorDesc const* inputs, int32_t nbInputs, in
     tpStatus const status = tokenPoolValidate(&params);
     if (status != TP_SUCCESS)
     {
-        return invalid("input X " + dimsString(inputs[0].dims) + " is not supported by the kernel: "
-            + tokenPoolStatusString(status));
+        return invalid("input X " + dimsString(inputs[0].dims)
+            + " is not supported by the kernel: " + tokenPoolStatusString(status));
     }
     return {};
 }
@@ -373,7 +373,7 @@ Result TokenPoolCore::enqueue(TensorDesc const* inputs, void const* const* input
     Dims const& x = inputs[0].dims;
     if (x.nbDims == 3 && (x.d[0] == 0 || x.d[2] == 0))
     {
-        return {}; // an empty Y: nothing to write
+        return {};  // an empty Y: nothing to write
     }
     tpParams params{};
     Result const made = makeParams(mAttributes, x, inputs[0].type, inputs[1].type, params);
@@ -390,4 +390,4 @@ Result TokenPoolCore::enqueue(TensorDesc const* inputs, void const* const* input
     return {};
 }
 
-} // namespace tpdeploy
+}  // namespace tpdeploy

@@ -67,7 +67,7 @@ enum class Status : int32_t
 struct Result
 {
     Status status{Status::kSUCCESS};
-    std::string message; //!< why it failed; empty on success
+    std::string message;  //!< why it failed; empty on success
 
     bool ok() const noexcept
     {
@@ -75,7 +75,7 @@ struct Result
     }
 };
 
-constexpr int32_t kMAX_DIMS{8}; //!< as TensorRT's Dims64::MAX_DIMS
+constexpr int32_t kMAX_DIMS{8};  //!< as TensorRT's Dims64::MAX_DIMS
 
 //! Tensor extents; -1 for one not known yet (at build time).
 struct Dims
@@ -125,10 +125,10 @@ struct Field
 //! The op's attributes (SPEC section 1), valid once parseFields() accepted them.
 struct Attributes
 {
-    int32_t numClusters{0};       //!< K >= 1, required
-    int32_t iterations{3};        //!< T >= 0 (default as tpdeploy.op.token_pool)
-    std::string mode{"kmedoids"}; //!< "kmedoids" | "kmeans"
-    int32_t weighted{1};          //!< 0 | 1
+    int32_t numClusters{0};        //!< K >= 1, required
+    int32_t iterations{3};         //!< T >= 0 (default as tpdeploy.tokenpool.reference.token_pool)
+    std::string mode{"kmedoids"};  //!< "kmedoids" | "kmeans"
+    int32_t weighted{1};           //!< 0 | 1
 };
 
 //! The plugin's fields: without values, the creator's list (names and types: the ONNX parser passes only the
@@ -138,8 +138,7 @@ std::vector<Field> fieldList(Attributes const* values);
 //! Reads fields (ONNX attributes at build time, fieldList(&attributes) from an engine) over the defaults and
 //! validates them. Integers come as kINT32 or kINT64, mode as kCHAR; plugin_version and plugin_namespace are
 //! ignored, any other unknown field adds a warning.
-Result parseFields(
-    Field const* fields, int32_t nbFields, Attributes& attributes, std::vector<std::string>& warnings);
+Result parseFields(Field const* fields, int32_t nbFields, Attributes& attributes, std::vector<std::string>& warnings);
 
 //! The plugin's behaviour for one set of attributes. The methods follow IPluginV3OneBuild / IPluginV3OneRuntime,
 //! on 2 inputs (X, W) and 1 output (Y).
@@ -194,6 +193,6 @@ private:
     std::string mMetadata;
 };
 
-} // namespace tpdeploy
+}  // namespace tpdeploy
 
-#endif // TPDEPLOY_TOKEN_POOL_CORE_H
+#endif  // TPDEPLOY_TOKEN_POOL_CORE_H

@@ -2,7 +2,7 @@
  * tpdeploy::TokenPool (SPEC section 1) on CUDA: a plain C API over the kernels, usable without TensorRT.
  *
  * Y [B, K, C] = TokenPool(X [B, N, C], W [B, N]); X and W are float32 or float16 (independently), Y has X's
- * type. The arithmetic follows tpdeploy/op.py step for step (see README.md beside this file).
+ * type. The arithmetic follows tpdeploy/tokenpool/reference.py step for step (see README.md beside this file).
  *
  * tokenPoolLaunch is asynchronous on `stream`, allocates nothing and never synchronises, so it can be
  * captured in a CUDA graph and called from a TensorRT enqueue; all scratch memory comes from `workspace`
@@ -21,7 +21,8 @@
 #endif
 
 #ifdef __cplusplus
-extern "C" {
+extern "C"
+{
 #endif
 
 /* Limits of this implementation; larger sizes give TP_ERROR_UNSUPPORTED. */
@@ -29,37 +30,52 @@ extern "C" {
 #define TP_MAX_CHANNELS 65536 /* C */
 #define TP_MAX_BATCH 65535    /* B: the grid's y dimension */
 
-typedef enum { TP_FLOAT32 = 0, TP_FLOAT16 = 1 } tpDataType;
-typedef enum { TP_KMEDOIDS = 0, TP_KMEANS = 1 } tpMode;
-typedef enum { TP_SUCCESS = 0, TP_ERROR_INVALID_VALUE = 1, TP_ERROR_UNSUPPORTED = 2, TP_ERROR_CUDA = 3 } tpStatus;
+    typedef enum
+    {
+        TP_FLOAT32 = 0,
+        TP_FLOAT16 = 1
+    } tpDataType;
+    typedef enum
+    {
+        TP_KMEDOIDS = 0,
+        TP_KMEANS = 1
+    } tpMode;
+    typedef enum
+    {
+        TP_SUCCESS = 0,
+        TP_ERROR_INVALID_VALUE = 1,
+        TP_ERROR_UNSUPPORTED = 2,
+        TP_ERROR_CUDA = 3
+    } tpStatus;
 
-typedef struct {
-    int batch;      /* B >= 0 (0: nothing to do) */
-    int tokens;     /* N >= 1 */
-    int channels;   /* C >= 1 */
-    int clusters;   /* K, 1 <= K <= N */
-    int iterations; /* T >= 0 */
-    tpMode mode;
-    int weighted;   /* 0 or 1 */
-    tpDataType x_type;
-    tpDataType w_type;
-} tpParams;
+    typedef struct
+    {
+        int batch;      /* B >= 0 (0: nothing to do) */
+        int tokens;     /* N >= 1 */
+        int channels;   /* C >= 1 */
+        int clusters;   /* K, 1 <= K <= N */
+        int iterations; /* T >= 0 */
+        tpMode mode;
+        int weighted; /* 0 or 1 */
+        tpDataType x_type;
+        tpDataType w_type;
+    } tpParams;
 
-/* Bytes of workspace tokenPoolLaunch needs; 0 for invalid params (and for batch 0). */
-TP_API size_t tokenPoolWorkspaceSize(const tpParams* params);
+    /* Bytes of workspace tokenPoolLaunch needs; 0 for invalid params (and for batch 0). */
+    TP_API size_t tokenPoolWorkspaceSize(const tpParams* params);
 
-/* Checks sizes, ranges and enum values without touching the GPU: TP_ERROR_INVALID_VALUE for params that
- * break the operator's definition (K > N, K < 1, negative sizes, unknown enums, weighted not 0/1),
- * TP_ERROR_UNSUPPORTED for valid params beyond the limits above. */
-TP_API tpStatus tokenPoolValidate(const tpParams* params);
+    /* Checks sizes, ranges and enum values without touching the GPU: TP_ERROR_INVALID_VALUE for params that
+     * break the operator's definition (K > N, K < 1, negative sizes, unknown enums, weighted not 0/1),
+     * TP_ERROR_UNSUPPORTED for valid params beyond the limits above. */
+    TP_API tpStatus tokenPoolValidate(const tpParams* params);
 
-/* Enqueues the op on `stream`. When batch > 0, x, w, y and workspace must not be null, and x, w, y must be
- * aligned to their element size. Returns TP_ERROR_CUDA if a kernel launch fails. */
-TP_API tpStatus tokenPoolLaunch(const tpParams* params, const void* x, const void* w, void* y, void* workspace,
-                                cudaStream_t stream);
+    /* Enqueues the op on `stream`. When batch > 0, x, w, y and workspace must not be null, and x, w, y must be
+     * aligned to their element size. Returns TP_ERROR_CUDA if a kernel launch fails. */
+    TP_API tpStatus tokenPoolLaunch(
+        const tpParams* params, const void* x, const void* w, void* y, void* workspace, cudaStream_t stream);
 
-/* A static, human-readable sentence for a status. */
-TP_API const char* tokenPoolStatusString(tpStatus status);
+    /* A static, human-readable sentence for a status. */
+    TP_API const char* tokenPoolStatusString(tpStatus status);
 
 #ifdef __cplusplus
 }

@@ -58,8 +58,8 @@ tpdeploy::Dims toCore(DimsExprs const& dims) noexcept
 
 TensorDesc toCore(PluginTensorDesc const& desc) noexcept
 {
-    return {toCore(desc.dims), toCore(desc.type),
-        desc.format == TensorFormat::kLINEAR ? Format::kLINEAR : Format::kOTHER};
+    return {
+        toCore(desc.dims), toCore(desc.type), desc.format == TensorFormat::kLINEAR ? Format::kLINEAR : Format::kOTHER};
 }
 
 DynamicTensorDesc toCore(DynamicPluginTensorDesc const& desc) noexcept
@@ -137,7 +137,7 @@ std::vector<PluginField> toTrt(std::vector<Field> const& fields)
     return out;
 }
 
-} // namespace
+}  // namespace
 
 // =================================================================================================================
 // TokenPoolPlugin
@@ -366,7 +366,7 @@ int32_t TokenPoolPlugin::report(Result const& result) const noexcept
         std::string const text = "TokenPool layer '" + mLayerName + "': " + result.message;
         if (mErrorRecorder != nullptr)
         {
-            mErrorRecorder->reportError(toTrt(result.status), text.c_str()); // IErrorRecorder (NvInferRuntimeBase.h)
+            mErrorRecorder->reportError(toTrt(result.status), text.c_str());  // IErrorRecorder (NvInferRuntimeBase.h)
         }
         else
         {
@@ -443,4 +443,4 @@ char const* TokenPoolPluginCreator::getPluginNamespace() const noexcept
     return kTOKEN_POOL_NAMESPACE;
 }
 
-} // namespace tpdeploy
+}  // namespace tpdeploy

@@ -50,8 +50,8 @@ public:
     // IPluginV3OneBuild (NvInferRuntime.h)
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs,
-        nvinfer1::DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+        int32_t nbInputs) const noexcept override;
     int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
         int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
         nvinfer1::IExprBuilder& exprBuilder) noexcept override;
@@ -79,7 +79,7 @@ private:
     TokenPoolCore mCore;
     std::vector<nvinfer1::PluginField> mSerialFields;
     nvinfer1::PluginFieldCollection mSerialFieldCollection{};
-    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr}; //!< from attachToContext(); owned by the context
+    nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};  //!< from attachToContext(); owned by the context
 };
 
 class TokenPoolPluginCreator final : public nvinfer1::IPluginCreatorV3One
@@ -101,6 +101,6 @@ private:
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
-} // namespace tpdeploy
+}  // namespace tpdeploy
 
-#endif // TPDEPLOY_TOKEN_POOL_PLUGIN_H
+#endif  // TPDEPLOY_TOKEN_POOL_PLUGIN_H

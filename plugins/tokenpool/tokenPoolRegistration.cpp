@@ -40,12 +40,12 @@ TokenPoolPluginCreator& creatorInstance()
 std::mutex gRegisterMutex;
 bool gSelfRegistered{false};
 
-using GetPluginRegistryFn = IPluginRegistry* (*) ();
+using GetPluginRegistryFn = IPluginRegistry* (*)();
 
 GetPluginRegistryFn findGetPluginRegistry()
 {
 #if defined(_WIN32)
-    return nullptr; // on Windows, load the library with IPluginRegistry::loadLibrary instead
+    return nullptr;  // on Windows, load the library with IPluginRegistry::loadLibrary instead
 #else
     void* symbol = dlsym(RTLD_DEFAULT, "getPluginRegistry");
     if (symbol == nullptr)
@@ -57,7 +57,7 @@ GetPluginRegistryFn findGetPluginRegistry()
             if (void* handle = dlopen(soname, RTLD_LAZY | RTLD_NOLOAD))
             {
                 symbol = dlsym(handle, "getPluginRegistry");
-                dlclose(handle); // drops only the reference RTLD_NOLOAD added
+                dlclose(handle);  // drops only the reference RTLD_NOLOAD added
                 if (symbol != nullptr)
                 {
                     break;
@@ -93,7 +93,7 @@ struct AutoRegisterOnLoad
 };
 AutoRegisterOnLoad const gAutoRegisterOnLoad;
 
-} // namespace
+}  // namespace
 
 void logMessage(ILogger::Severity severity, std::string const& message) noexcept
 {
@@ -102,7 +102,7 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
         ILogger* logger = nullptr;
         if (ILoggerFinder* finder = gLoggerFinder.load())
         {
-            logger = finder->findLogger(); // must be called on the thread of the plugin call (it is)
+            logger = finder->findLogger();  // must be called on the thread of the plugin call (it is)
         }
         if (logger == nullptr)
         {
@@ -123,7 +123,7 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
     }
 }
 
-} // namespace tpdeploy
+}  // namespace tpdeploy
 
 // =================================================================================================================
 // Plugin-library entry points (trtexec/samples README "Using your own Plugin"; developer guide "Plugin Shared

@@ -17,7 +17,7 @@ namespace tpdeploy
 //! initLibTpdeployPlugins(), else (warnings and errors only) stderr.
 void logMessage(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept;
 
-} // namespace tpdeploy
+}  // namespace tpdeploy
 
 // Exported with default visibility: the library is compiled with -fvisibility=hidden (TensorRT's own TENSORRTAPI
 // macro is empty outside TensorRT's build).
@@ -47,4 +47,4 @@ extern "C"
     TPDEPLOY_PLUGIN_EXPORT bool initLibTpdeployPlugins(void* logger);
 }
 
-#endif // TPDEPLOY_TOKEN_POOL_REGISTRATION_H
+#endif  // TPDEPLOY_TOKEN_POOL_REGISTRATION_H

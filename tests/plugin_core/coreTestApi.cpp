@@ -25,15 +25,15 @@ int32_t finish(Result const& result, char* message, size_t size)
     return static_cast<int32_t>(result.status);
 }
 
-} // namespace
+}  // namespace
 
 extern "C"
 {
 
     //! parseFields(); a new core when they are valid (free it with tpcDestroy), else null. Warnings are joined by
     //! newlines.
-    TokenPoolCore* tpcCreate(Field const* fields, int32_t nbFields, int32_t* status, char* message,
-        size_t messageSize, char* warnings, size_t warningsSize)
+    TokenPoolCore* tpcCreate(Field const* fields, int32_t nbFields, int32_t* status, char* message, size_t messageSize,
+        char* warnings, size_t warningsSize)
     {
         Attributes attributes;
         std::vector<std::string> found;

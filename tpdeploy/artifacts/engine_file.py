@@ -4,6 +4,7 @@ built with; the sidecar records them, the engine's own hash, the model's input/o
 export recipe, so every stage (runtime, info, triton-repo) can trust and describe the engine without
 opening it in TensorRT.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,24 +27,33 @@ def sidecar_path(engine_path: str) -> str:
 class EngineSidecar:
     tensorrt_version: str
     gpu: str
-    compute_capability: str         # "90" for sm_90
+    compute_capability: str  # "90" for sm_90
     engine_sha256: str
     onnx_sha256: str
-    plugin_sha256: str | None       # None: built without the plugin (the function inlined)
+    plugin_sha256: str | None  # None: built without the plugin (the function inlined)
     spec: ModelSpec
     recipe: Recipe | None
     build: dict = field(default_factory=dict)  # profile, precision, workspace, ... as given to build-engine
     tpdeploy_version: str = ""
 
     def to_json(self) -> str:
-        d = {"schema": SCHEMA, "tpdeploy_version": self.tpdeploy_version, "tensorrt_version": self.tensorrt_version,
-             "gpu": self.gpu, "compute_capability": self.compute_capability, "engine_sha256": self.engine_sha256,
-             "onnx_sha256": self.onnx_sha256, "plugin_sha256": self.plugin_sha256, "spec": self.spec.to_dict(),
-             "recipe": json.loads(self.recipe.to_json()) if self.recipe else None, "build": self.build}
+        d = {
+            "schema": SCHEMA,
+            "tpdeploy_version": self.tpdeploy_version,
+            "tensorrt_version": self.tensorrt_version,
+            "gpu": self.gpu,
+            "compute_capability": self.compute_capability,
+            "engine_sha256": self.engine_sha256,
+            "onnx_sha256": self.onnx_sha256,
+            "plugin_sha256": self.plugin_sha256,
+            "spec": self.spec.to_dict(),
+            "recipe": json.loads(self.recipe.to_json()) if self.recipe else None,
+            "build": self.build,
+        }
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "EngineSidecar":
+    def from_json(cls, text: str, source: str) -> EngineSidecar:
         try:
             d = json.loads(text)
             if not isinstance(d, dict):
@@ -51,20 +61,32 @@ class EngineSidecar:
         except (ValueError, TypeError) as e:
             raise UserError(f"{source} is not a tpdeploy engine sidecar: {one_line(e)}") from None
         if d.get("schema") != SCHEMA:
-            raise UserError(f"{source} has schema {d.get('schema')!r}, this tpdeploy reads {SCHEMA!r}: rebuild the "
-                            f"engine with `tpdeploy build-engine`")
+            raise UserError(
+                f"{source} has schema {d.get('schema')!r}, this tpdeploy reads {SCHEMA!r}: rebuild the "
+                f"engine with `tpdeploy build-engine`"
+            )
         try:
             recipe = d["recipe"] and Recipe.from_json(json.dumps(d["recipe"]), source)
-            return cls(str(d["tensorrt_version"]), str(d["gpu"]), str(d["compute_capability"]), str(d["engine_sha256"]),
-                       str(d["onnx_sha256"]), d["plugin_sha256"] and str(d["plugin_sha256"]),
-                       ModelSpec.from_dict(d["spec"]), recipe or None, dict(d.get("build") or {}),
-                       str(d.get("tpdeploy_version", "")))
+            return cls(
+                str(d["tensorrt_version"]),
+                str(d["gpu"]),
+                str(d["compute_capability"]),
+                str(d["engine_sha256"]),
+                str(d["onnx_sha256"]),
+                d["plugin_sha256"] and str(d["plugin_sha256"]),
+                ModelSpec.from_dict(d["spec"]),
+                recipe or None,
+                dict(d.get("build") or {}),
+                str(d.get("tpdeploy_version", "")),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{source} is not a valid tpdeploy engine sidecar (bad or missing {one_line(e)})") from None
 
     def describe(self) -> str:
-        return (f"TensorRT {self.tensorrt_version} on {self.gpu} (sm_{self.compute_capability}), "
-                f"{'with' if self.plugin_sha256 else 'without'} the TokenPool plugin")
+        return (
+            f"TensorRT {self.tensorrt_version} on {self.gpu} (sm_{self.compute_capability}), "
+            f"{'with' if self.plugin_sha256 else 'without'} the TokenPool plugin"
+        )
 
 
 def write_sidecar(engine_path: str, sidecar: EngineSidecar, inputs=()) -> None:
@@ -81,19 +103,24 @@ def read_sidecar(engine_path: str, verify_engine: bool = True) -> EngineSidecar:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise UserError(f"{engine_path} has no sidecar {os.path.basename(path)}: tpdeploy reads engines built by "
-                        f"`tpdeploy build-engine`, which writes it beside the engine") from None
+        raise UserError(
+            f"{engine_path} has no sidecar {os.path.basename(path)}: tpdeploy reads engines built by "
+            f"`tpdeploy build-engine`, which writes it beside the engine"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {one_line(e)}") from None
     sidecar = EngineSidecar.from_json(text, path)
     if verify_engine and sha256(engine_path) != sidecar.engine_sha256:
-        raise UserError(f"{engine_path} is not the engine its sidecar describes (SHA-256 differs): a corrupt or "
-                        f"replaced file; rebuild it with `tpdeploy build-engine`")
+        raise UserError(
+            f"{engine_path} is not the engine its sidecar describes (SHA-256 differs): a corrupt or "
+            f"replaced file; rebuild it with `tpdeploy build-engine`"
+        )
     return sidecar
 
 
-def check_compatible(sidecar: EngineSidecar, trt_version: str, compute_capability: str,
-                     plugin_sha256: str | None) -> None:
+def check_compatible(
+    sidecar: EngineSidecar, trt_version: str, compute_capability: str, plugin_sha256: str | None
+) -> None:
     """Refuse, with the reason, an engine that this TensorRT, GPU or plugin library cannot run."""
     built = f"engine was built with {sidecar.describe()}"
     rebuild = "; rebuild it here with `tpdeploy build-engine`"
@@ -102,5 +129,7 @@ def check_compatible(sidecar: EngineSidecar, trt_version: str, compute_capabilit
     if sidecar.compute_capability != compute_capability:
         raise UserError(f"{built}, this GPU is sm_{compute_capability}{rebuild}")
     if sidecar.plugin_sha256 and plugin_sha256 != sidecar.plugin_sha256:
-        raise UserError(f"{built}, but the TokenPool plugin library found here is another build (SHA-256 differs): "
-                        f"pass the one it was built with (--plugin){rebuild}")
+        raise UserError(
+            f"{built}, but the TokenPool plugin library found here is another build (SHA-256 differs): "
+            f"pass the one it was built with (--plugin){rebuild}"
+        )

@@ -9,6 +9,7 @@ An interrupted command (Ctrl+C, or SIGTERM once the command line turned it into 
 the output nor the temporary file: the rename happens only when the block ends normally, and the temporary
 file is removed on every other way out.
 """
+
 from __future__ import annotations
 
 import contextlib

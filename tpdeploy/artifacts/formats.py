@@ -1,4 +1,5 @@
 """Which kind of model file a path is."""
+
 from __future__ import annotations
 
 from tpdeploy.errors import UserError
@@ -13,5 +14,6 @@ def file_format(path: str) -> str:
         return ONNX
     if path.endswith(ENGINE_SUFFIXES):
         return ENGINE
-    raise UserError(f"cannot tell the format of {path}: expected .onnx or a TensorRT engine "
-                    f"({', '.join(ENGINE_SUFFIXES)})")
+    raise UserError(
+        f"cannot tell the format of {path}: expected .onnx or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
+    )

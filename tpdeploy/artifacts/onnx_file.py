@@ -1,5 +1,6 @@
 """An exported ONNX file: loading it with clear errors, its input/output contract, its TokenPool nodes and
 the recipe in its metadata. Every stage reads ONNX files through `OnnxFile.open`."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from tpdeploy.artifacts import tokenpool
 from tpdeploy.artifacts.recipe import RECIPE_KEY, Recipe
 from tpdeploy.errors import UserError, one_line
+from tpdeploy.tokenpool import definition as tokenpool
 
 FLOAT_TYPES = ("float32", "float16")
 
@@ -18,13 +19,14 @@ FLOAT_TYPES = ("float32", "float16")
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str                   # numpy name: "float32" | "float16"
-    shape: tuple                 # ints; None where dynamic
+    dtype: str  # numpy name: "float32" | "float16"
+    shape: tuple  # ints; None where dynamic
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model file takes and gives: images [B, 3, S, S] -> logits [B, classes]."""
+
     input: TensorSpec
     output: TensorSpec
     min_batch: int = 1
@@ -43,21 +45,32 @@ class ModelSpec:
         return self.min_batch if self.min_batch == self.max_batch else None
 
     def to_dict(self) -> dict:
-        return {"input": {"name": self.input.name, "dtype": self.input.dtype, "shape": list(self.input.shape)},
-                "output": {"name": self.output.name, "dtype": self.output.dtype, "shape": list(self.output.shape)},
-                "min_batch": self.min_batch, "max_batch": self.max_batch}
+        return {
+            "input": {"name": self.input.name, "dtype": self.input.dtype, "shape": list(self.input.shape)},
+            "output": {"name": self.output.name, "dtype": self.output.dtype, "shape": list(self.output.shape)},
+            "min_batch": self.min_batch,
+            "max_batch": self.max_batch,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        t = lambda e: TensorSpec(str(e["name"]), str(e["dtype"]), tuple(e["shape"]))  # noqa: E731
-        return cls(t(d["input"]), t(d["output"]), int(d["min_batch"]),
-                   None if d["max_batch"] is None else int(d["max_batch"]))
+    def from_dict(cls, d: dict) -> ModelSpec:
+        def t(e):
+            return TensorSpec(str(e["name"]), str(e["dtype"]), tuple(e["shape"]))
+
+        return cls(
+            t(d["input"]), t(d["output"]), int(d["min_batch"]), None if d["max_batch"] is None else int(d["max_batch"])
+        )
 
     def describe(self) -> str:
         batch = self.fixed_batch or f"{self.min_batch}..{self.max_batch or 'any'}"
-        dims = lambda s: ", ".join("B" if d is None else str(d) for d in s)  # noqa: E731
-        return (f"{self.input.name} {self.input.dtype} [{dims(self.input.shape)}] -> {self.output.name} "
-                f"{self.output.dtype} [{dims(self.output.shape)}], batch {batch}")
+
+        def dims(s):
+            return ", ".join("B" if d is None else str(d) for d in s)
+
+        return (
+            f"{self.input.name} {self.input.dtype} [{dims(self.input.shape)}] -> {self.output.name} "
+            f"{self.output.dtype} [{dims(self.output.shape)}], batch {batch}"
+        )
 
 
 def load_onnx(path: str, load_external_data: bool = True) -> onnx.ModelProto:
@@ -68,7 +81,7 @@ def load_onnx(path: str, load_external_data: bool = True) -> onnx.ModelProto:
         raise UserError(f"{path} is empty (0 bytes), not an ONNX model")
     try:
         proto = onnx.load(path, load_external_data=load_external_data)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+    except Exception as e:  # protobuf raises several types for a corrupt file
         raise UserError(f"cannot read ONNX model {path}: {one_line(e)}") from None
     if not proto.HasField("graph") or not proto.graph.node:
         raise UserError(f"{path} is not an ONNX model (no graph)")
@@ -79,8 +92,9 @@ def _tensor(value_info, what: str, path: str) -> TensorSpec:
     t = value_info.type.tensor_type
     dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "undefined"
     if dtype not in FLOAT_TYPES:
-        raise UserError(f"{path}: {what} {value_info.name!r} is {dtype}; a tpdeploy model takes and gives "
-                        f"float32 or float16")
+        raise UserError(
+            f"{path}: {what} {value_info.name!r} is {dtype}; a tpdeploy model takes and gives float32 or float16"
+        )
     shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
     return TensorSpec(value_info.name, dtype, shape)
 
@@ -90,8 +104,10 @@ def model_spec(proto: onnx.ModelProto, path: str) -> ModelSpec:
     init = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init]
     if len(inputs) != 1 or len(proto.graph.output) != 1:
-        raise UserError(f"{path}: expected one image input and one logits output, found {len(inputs)} inputs "
-                        f"and {len(proto.graph.output)} outputs")
+        raise UserError(
+            f"{path}: expected one image input and one logits output, found {len(inputs)} inputs "
+            f"and {len(proto.graph.output)} outputs"
+        )
     inp, out = _tensor(inputs[0], "input", path), _tensor(proto.graph.output[0], "output", path)
     if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[2] is None or inp.shape[2] != inp.shape[3]:
         raise UserError(f"{path}: input {inp.name!r} has shape {list(inp.shape)}; expected images [B, 3, S, S]")
@@ -111,8 +127,13 @@ def token_pool_nodes(proto: onnx.ModelProto) -> list[dict]:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             shape = shapes.get(node.input[0])
             x_shape = None if shape is None else [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
-            nodes.append({"name": node.name, **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()},
-                          "x_shape": x_shape})
+            nodes.append(
+                {
+                    "name": node.name,
+                    **{k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()},
+                    "x_shape": x_shape,
+                }
+            )
     return nodes
 
 
@@ -136,20 +157,23 @@ def opset(proto: onnx.ModelProto) -> int | None:
 @dataclass
 class OnnxFile:
     """An ONNX model file as tpdeploy reads it."""
+
     path: str
     proto: onnx.ModelProto
     spec: ModelSpec
     recipe: Recipe | None
 
     @classmethod
-    def open(cls, path: str, load_external_data: bool = True) -> "OnnxFile":
+    def open(cls, path: str, load_external_data: bool = True) -> OnnxFile:
         proto = load_onnx(path, load_external_data)
         return cls(path, proto, model_spec(proto, path), read_recipe(proto, path))
 
     def require_recipe(self, purpose: str) -> Recipe:
         if self.recipe is None:
-            raise UserError(f"{self.path} was not exported by tpdeploy (no {RECIPE_KEY} metadata): {purpose} needs "
-                            f"the export recipe")
+            raise UserError(
+                f"{self.path} was not exported by tpdeploy (no {RECIPE_KEY} metadata): {purpose} needs "
+                f"the export recipe"
+            )
         return self.recipe
 
     @property

@@ -5,6 +5,7 @@ It records the architecture, pooling method, schedule, precision, the weights' o
 checkpoint's SHA-256, never a path) and the data config the model expects: timm's `pretrained_cfg` fields
 for evaluation (input size, resize interpolation, crop fraction and mode, mean, std).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 from tpdeploy.errors import InvalidArgumentError, UserError
 
-RECIPE_KEY = "tpdeploy.recipe"   # the ONNX metadata_props key holding the recipe as JSON
+RECIPE_KEY = "tpdeploy.recipe"  # the ONNX metadata_props key holding the recipe as JSON
 RECIPE_VERSION = 1
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)   # timm/data/constants.py: Google's ViT weights
+IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm/data/constants.py: Google's ViT weights
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
@@ -28,6 +29,7 @@ class DataConfig:
     """How an image becomes the model's input (timm's `resolve_data_config` for evaluation):
     resize to floor(input_size / crop_pct) (the shorter side for crop_mode 'center', both sides for
     'squash'), take the central input_size square, scale to [0, 1], normalise with mean and std."""
+
     input_size: int = 224
     interpolation: str = "bicubic"
     crop_pct: float = 0.9
@@ -47,8 +49,11 @@ class DataConfig:
             problems.append(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if (not isinstance(v, (tuple, list)) or len(v) != 3
-                    or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            if (
+                not isinstance(v, (tuple, list))
+                or len(v) != 3
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+            ):
                 problems.append(f"{name} must be 3 finite numbers, got {v!r}")
         if not problems and min(self.std) <= 0:
             problems.append(f"std must be positive, got {self.std!r}")
@@ -63,8 +68,25 @@ class DataConfig:
         return math.floor(self.input_size / self.crop_pct)
 
     def describe(self) -> str:
-        return (f"{self.input_size} px, {self.interpolation} resize to {self.resize_size} ({self.crop_mode} crop "
-                f"{self.crop_pct:g}), mean {list(self.mean)}, std {list(self.std)}")
+        return (
+            f"{self.input_size} px, {self.interpolation} resize to {self.resize_size} ({self.crop_mode} crop "
+            f"{self.crop_pct:g}), mean {list(self.mean)}, std {list(self.std)}"
+        )
+
+
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Where a model's weights came from: a seed (seeded-random weights), or a checkpoint file, known by its SHA-256.
+    `checkpoint_path` is where that file is on this machine: an input no command may write over, never recorded."""
+
+    seed: int | None = 0
+    checkpoint_sha256: str | None = None
+    checkpoint_path: str | None = field(default=None, compare=False)
+
+    def describe(self) -> str:
+        if self.checkpoint_sha256:
+            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}..."
+        return f"seeded-random (seed {self.seed}, no checkpoint)"
 
 
 @dataclass(frozen=True)
@@ -72,19 +94,21 @@ class Recipe:
     arch: str
     method: str
     iterations: int
-    tokens: tuple[int, ...]          # patch tokens entering each block
-    dtype: str                       # "fp32" | "fp16"
+    tokens: tuple[int, ...]  # patch tokens entering each block
+    dtype: str  # "fp32" | "fp16"
     num_classes: int
     data_config: DataConfig = field(default_factory=DataConfig)
-    seed: int | None = None          # seeded-random weights; None when they come from a checkpoint
+    seed: int | None = None  # seeded-random weights; None when they come from a checkpoint
     checkpoint_sha256: str | None = None
     tpdeploy_version: str = ""
 
     @property
+    def origin(self) -> WeightsOrigin:
+        return WeightsOrigin(self.seed, self.checkpoint_sha256)
+
+    @property
     def weights(self) -> str:
-        if self.checkpoint_sha256:
-            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}..."
-        return f"seeded-random (seed {self.seed}, no checkpoint)"
+        return self.origin.describe()
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -92,21 +116,25 @@ class Recipe:
         return json.dumps({"version": RECIPE_VERSION, **d}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str) -> "Recipe":
+    def from_json(cls, text: str, source: str) -> Recipe:
         try:
             d = json.loads(text)
             if not isinstance(d, dict):
                 raise TypeError("not a JSON object")
             version = d.pop("version", None)
             if version != RECIPE_VERSION:
-                raise UserError(f"{source}: recipe version {version!r} is not {RECIPE_VERSION}; re-export it with "
-                                f"this tpdeploy")
+                raise UserError(
+                    f"{source}: recipe version {version!r} is not {RECIPE_VERSION}; re-export it with this tpdeploy"
+                )
             d["data_config"] = DataConfig(**d["data_config"])
             d["tokens"] = tuple(d["tokens"])
             recipe = cls(**d)
         except (InvalidArgumentError, ValueError, TypeError, KeyError) as e:
             raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({e})") from None
-        if (not all(isinstance(t, int) for t in recipe.tokens) or not isinstance(recipe.iterations, int)
-                or recipe.dtype not in ("fp32", "fp16")):
+        if (
+            not all(isinstance(t, int) for t in recipe.tokens)
+            or not isinstance(recipe.iterations, int)
+            or recipe.dtype not in ("fp32", "fp16")
+        ):
             raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid (tokens, iterations, dtype)")
         return recipe

@@ -3,11 +3,11 @@
 - `infer_images(requests)`: `images` FP32 [B, 3, S, S] -> `logits`; the dynamic batcher hands several requests at
   once, run as one batch.
 - `classify(requests)`: `image` BYTES [B, 1] (encoded JPEG/PNG/WebP files) -> top-5 `classes` INT64 and `scores`
-  FP32, preprocessed with the model's recorded data config (`tpdeploy.preprocess`). One request per call (Triton's
+  FP32, preprocessed with the model's recorded data config (`tpdeploy.data.preprocess`). One request per call (Triton's
   default scheduler), so a bad image fails only its own request.
 
-What goes wrong is raised as one of two exceptions, whose one-line message is all a client sees (service.py maps
-them to statuses):
+What goes wrong is raised as one of two exceptions, whose one-line message is all a client sees (the Triton stub
+maps them to statuses, through `STATUS_MARKER`):
 
 - `RequestRefused`: the request's own mistake (an undecodable or oversized image, an empty request): HTTP 400,
   gRPC INVALID_ARGUMENT.
@@ -15,17 +15,19 @@ them to statuses):
   model is probed once with the warm-up batch; if that fails too the model is broken: `on_broken(reason)` is called
   (once; the service reports it and stops, so readiness turns red) and every later request fails at once.
 """
+
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 
 import numpy as np
 
-from tpdeploy.backends.base import Runner
+from tpdeploy.data.preprocess import preprocess_image
 from tpdeploy.errors import TpdeployError, UserError, one_line
-from tpdeploy.preprocess import preprocess_image
+from tpdeploy.runtime.base import Runner
 
 LOG = logging.getLogger("tpdeploy.serve")
 TOP_K = 5
@@ -34,12 +36,36 @@ TOP_K = 5
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
 
 
-class RequestRefused(Exception):
+# How a request's error reaches Triton's Python-backend stub: PyTriton hands the stub the inference callable's
+# formatted traceback, whose last line is "<type>: <str(exception)>", and a RequestError's str() is this marker and a
+# JSON object {"status": Triton's error code, "message": the one line for the client}. triton_stub/tpdeploy_model.py,
+# which imports nothing of tpdeploy, spells the same marker (tests/test_serve.py checks that it does).
+STATUS_MARKER = "tpdeploy-request-status:"
+
+
+class RequestError(Exception):
+    """A request that gets an error status (`status`, Triton's code) with the one-line `message`."""
+
+    status = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return STATUS_MARKER + json.dumps({"status": self.status, "message": self.message})
+
+
+class RequestRefused(RequestError):
     """A bad request: HTTP 400 / gRPC INVALID_ARGUMENT with this one-line message."""
 
+    status = "INVALID_ARG"
 
-class RequestFailed(Exception):
+
+class RequestFailed(RequestError):
     """The server failed on a valid request: HTTP 500 / gRPC INTERNAL with this one-line message (logged here)."""
+
+    status = "INTERNAL"
 
 
 def top_classes(logits: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
@@ -77,15 +103,22 @@ class BatchStats:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"executions": self.executions, "requests": self.requests, "images": self.images,
-                    "refused": self.refused, "failed": self.failed,
-                    "mean_batch": self.images / self.executions if self.executions else 0.0,
-                    "batch_sizes": dict(sorted(self.batch_sizes.items()))}
+            return {
+                "executions": self.executions,
+                "requests": self.requests,
+                "images": self.images,
+                "refused": self.refused,
+                "failed": self.failed,
+                "mean_batch": self.images / self.executions if self.executions else 0.0,
+                "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            }
 
     def describe(self) -> str:
         s = self.snapshot()
-        return (f"{s['requests']} requests, {s['images']} images in {s['executions']} executions (mean batch "
-                f"{s['mean_batch']:.2f}), {s['refused']} refused, {s['failed']} failed")
+        return (
+            f"{s['requests']} requests, {s['images']} images in {s['executions']} executions (mean batch "
+            f"{s['mean_batch']:.2f}), {s['refused']} refused, {s['failed']} failed"
+        )
 
 
 def _as_bytes(item) -> bytes:
@@ -97,32 +130,34 @@ def _as_bytes(item) -> bytes:
 class ModelHandlers:
     """The request handlers of the two models served from one Runner (thread-safe, shared by every instance)."""
 
-    def __init__(self, runner: Runner, name: str = "model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 on_broken=None):
+    def __init__(
+        self, runner: Runner, name: str = "model", max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, on_broken=None
+    ):
         self.runner = runner
         self.name, self.classify_name = name, f"{name}_classify"
         self.max_image_pixels = max_image_pixels
         self.on_broken = on_broken
         self.reset_stats()
-        self.broken: str | None = None          # why the backend no longer answers
+        self.broken: str | None = None  # why the backend no longer answers
         self._probe_lock = threading.Lock()
-        self.warmup_batch = np.zeros((max(1, runner.min_batch), 3, runner.image_size, runner.image_size),
-                                     runner.input_dtype)
+        self.warmup_batch = np.zeros(
+            (max(1, runner.min_batch), 3, runner.image_size, runner.image_size), runner.input_dtype
+        )
         # a fault here is the caller's to report
-        self.num_classes = int(self.runner.infer_any_batch(self.warmup_batch).shape[1])
+        self.num_classes = int(self.runner.run_any(self.warmup_batch).shape[1])
 
     def reset_stats(self) -> None:
         self.images_stats, self.classify_stats = BatchStats(), BatchStats()
 
     def _logits(self, images: np.ndarray, model: str) -> np.ndarray:
-        """`Runner.infer_any_batch`, with backend faults turned into RequestFailed (and a broken backend reported once)."""
+        """`Runner.run_any`, with backend faults turned into RequestFailed (and a broken backend reported once)."""
         if self.broken:
             raise RequestFailed(f"{model}: the backend is broken ({self.broken}); the server is stopping")
         try:
-            return self.runner.infer_any_batch(images)
+            return self.runner.run_any(images)
         except UserError as e:  # the Runner's own input checks: the request's mistake
             raise RequestRefused(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - DeviceError or a bug: a 500, never a traceback to the client
+        except Exception as e:  # DeviceError or a bug: a 500, never a traceback to the client
             if isinstance(e, TpdeployError):
                 LOG.error("%s: backend fault: %s", model, e)
             else:
@@ -136,9 +171,9 @@ class ModelHandlers:
             if self.broken:
                 return
             try:
-                self.runner.infer_any_batch(self.warmup_batch)
+                self.runner.run_any(self.warmup_batch)
                 return
-            except Exception as e:  # noqa: BLE001 - any failure of a batch that worked at start-up
+            except Exception as e:  # any failure of a batch that worked at start-up
                 self.broken = f"{fault}; the warm-up batch fails too: {one_line(e)}"
         if self.on_broken is not None:
             self.on_broken(self.broken)
@@ -156,7 +191,7 @@ class ModelHandlers:
         stats.record(len(requests), batch.shape[0])
         out, i = [], 0
         for a in arrays:
-            out.append({"logits": logits[i:i + a.shape[0]]})
+            out.append({"logits": logits[i : i + a.shape[0]]})
             i += a.shape[0]
         return out
 
@@ -170,15 +205,16 @@ class ModelHandlers:
                 if blobs.size == 0:
                     raise RequestRefused("no image in the request")
                 try:
-                    images = np.stack([preprocess_image(_as_bytes(b), self.runner.data_config, self.max_image_pixels)
-                                       for b in blobs])
+                    images = np.stack(
+                        [preprocess_image(_as_bytes(b), self.runner.data_config, self.max_image_pixels) for b in blobs]
+                    )
                 except UserError as e:
                     raise RequestRefused(str(e)) from None
                 classes, scores = top_classes(self._logits(images, self.classify_name), TOP_K)
             except (RequestRefused, RequestFailed) as e:
                 stats.record_error(isinstance(e, RequestRefused))
                 if isinstance(e, RequestRefused):
-                    LOG.info("%s: refused a request: %s", self.classify_name, e)
+                    LOG.info("%s: refused a request: %s", self.classify_name, e.message)
                 raise
             stats.record(1, len(blobs))
             out.append({"classes": classes, "scores": scores})

@@ -5,13 +5,14 @@ A backend that breaks while serving (a fault, and then the warm-up batch fails t
 readiness turns red, in-flight requests finish, and `serve` raises DeviceError (the command exits 3), so a
 supervisor restarts it.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
 
-from tpdeploy.backends.base import Runner
 from tpdeploy.errors import DeviceError
+from tpdeploy.runtime.base import Runner
 from tpdeploy.serving.service import StartCancelled, TritonService
 from tpdeploy.serving.settings import ServeSettings
 
@@ -51,10 +52,14 @@ def serve(settings: ServeSettings, progress=_quiet, runner: Runner | None = None
         if problem:
             progress(f"stopping: {problem}")
         else:
-            progress(f"{received[0]} received: stopping (readiness off; in-flight requests finish, at most "
-                     f"{settings.exit_timeout_s} s)")
-        stats = {settings.name: service.handlers.images_stats.snapshot(),
-                 settings.classify_name: service.handlers.classify_stats.snapshot()}
+            progress(
+                f"{received[0]} received: stopping (readiness off; in-flight requests finish, at most "
+                f"{settings.exit_timeout_s} s)"
+            )
+        stats = {
+            settings.name: service.handlers.images_stats.snapshot(),
+            settings.classify_name: service.handlers.classify_stats.snapshot(),
+        }
         service.stop()
         progress(f"stopped. {service.summary()}")
         if problem:

@@ -25,10 +25,10 @@ What an orchestrator can rely on, and how (PyTriton 0.7 does none of it by defau
 - A port is checked free with SO_REUSEADDR, as Triton binds it: connections in TIME_WAIT from the last run do
   not block a restart.
 """
+
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import os
@@ -44,9 +44,10 @@ import time
 import numpy as np
 
 from tpdeploy import runtime
-from tpdeploy.backends.base import Runner
 from tpdeploy.errors import DeviceError, TpdeployError, UserError, one_line
 from tpdeploy.optional import lazy_import
+from tpdeploy.runtime.base import Runner
+from tpdeploy.serving import processes, pytriton_glue
 from tpdeploy.serving.handlers import TOP_K, ModelHandlers
 from tpdeploy.serving.settings import ServeSettings
 
@@ -67,6 +68,7 @@ class StartCancelled(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- the machine
+
 
 def check_port_free(host: str, port: int, what: str) -> None:
     """UserError unless `port` can be bound on `host`; SO_REUSEADDR, like Triton's own listeners, so sockets in
@@ -113,55 +115,6 @@ def python_library_on_ld_path():
             os.environ["LD_LIBRARY_PATH"] = old
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _live_processes() -> dict[int, int]:
-    """{pid: parent pid} of every live (not zombie) process, from /proc."""
-    return {int(e): int(fields[1]) for e in os.listdir("/proc")
-            if e.isdigit() and (fields := _proc_stat(int(e))) and fields[0] != "Z"}
-
-
-def descendants(pid: int) -> list[int]:
-    """Live processes below `pid`."""
-    children: dict[int, list[int]] = {}
-    for p, parent in _live_processes().items():
-        children.setdefault(parent, []).append(p)
-    found, todo = [], list(children.get(pid, []))
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
-
-
-def _start_time(pid: int) -> str | None:
-    """When a live process started (clock ticks since boot), or None: tells a process from a later one of its pid."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and fields[0] != "Z" else None
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0") or [b""]
-    except OSError:
-        return [b""]
-
-
-def _pytriton():
-    triton = lazy_import("pytriton.triton", "serving")
-    model_config = lazy_import("pytriton.model_config", "serving")
-    workspace = lazy_import("pytriton.utils.workspace", "serving")
-    return triton, model_config, workspace.Workspace
-
-
 def _png(size: int = 32) -> bytes:
     """A small grey PNG: the classify model's warm-up request."""
     image = lazy_import("PIL.Image", "serving")
@@ -171,6 +124,7 @@ def _png(size: int = 32) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- the service
+
 
 class TritonService:
     """The settings' model (or `runner`, already loaded) served by Triton from this process; `start()`/`stop()` or
@@ -187,7 +141,7 @@ class TritonService:
         self._broken = threading.Event()
         self._triton = None
         self._workspace_dir: str | None = None
-        self._processes: dict[int, str | None] = {}   # pid: start time
+        self._processes: dict[int, str | None] = {}  # pid: start time
         self._stop_lock = threading.Lock()
         self._started = False
 
@@ -196,11 +150,11 @@ class TritonService:
         """Ask a `start()` in progress to give up at its next step (safe from a signal handler)."""
         self._cancel.set()
 
-    def _checkpoint(self) -> None:
+    def _give_up_if_asked(self) -> None:
         if self._cancel.is_set():
             raise StartCancelled()
 
-    def start(self) -> "TritonService":
+    def start(self) -> TritonService:
         if self._started:
             return self
         try:
@@ -213,50 +167,67 @@ class TritonService:
 
     def _start(self) -> None:
         s = self.settings
-        triton_mod, mc, Workspace = _pytriton()
+        triton_mod, mc, Workspace = pytriton_glue.pytriton()
         for what, port in s.ports:
             check_port_free(s.host, port, what)
         if self.runner is None:
             self.progress(f"loading {s.model_path} ({s.backend or runtime.default_backend(s.model_path)}, {s.device})")
-            self.runner = runtime.load(s.model_path, backend=s.backend, device=s.device, plugin=s.plugin,
-                                       threads=s.threads)
-        self._checkpoint()
+            self.runner = runtime.load(
+                s.model_path,
+                backend=s.backend,
+                device=s.device,
+                plugin=s.plugin,
+                threads=s.threads,
+                checkpoint=s.checkpoint,
+            )
+        self._give_up_if_asked()
         r = self.runner
         if r.max_batch is not None and s.max_batch > r.max_batch:
-            self.progress(f"note: {s.model_path} takes at most batch {r.max_batch}: max batch {s.max_batch} "
-                          f"-> {r.max_batch}")
+            self.progress(
+                f"note: {s.model_path} takes at most batch {r.max_batch}: max batch {s.max_batch} -> {r.max_batch}"
+            )
             self.max_batch = r.max_batch
         self.handlers = ModelHandlers(r, s.name, s.max_image_pixels, on_broken=self._on_broken)  # warms it up
-        self._checkpoint()
+        self._give_up_if_asked()
 
         self.progress("starting Triton Inference Server (PyTriton)")
         self._workspace_dir = tempfile.mkdtemp(prefix="tpdeploy-triton-")
         workspace = Workspace(os.path.join(self._workspace_dir, "workspace"))  # PyTriton deletes it when stopped
-        uses_gpu = s.device == "cuda" or r.backend == "tensorrt"
+        uses_gpu = r.capabilities.on_gpu
         config = triton_mod.TritonConfig(
-            http_address=s.host, http_port=s.http_port, grpc_address=s.host, grpc_port=s.grpc_port,
-            allow_metrics=bool(s.metrics_port), allow_gpu_metrics=None if uses_gpu else False,
-            metrics_address=s.host if s.metrics_port else None, metrics_port=s.metrics_port or None,
-            exit_timeout_secs=s.exit_timeout_s, log_verbose=1 if s.verbose else None,
-            log_file=None if s.verbose else self._log_path())
+            http_address=s.host,
+            http_port=s.http_port,
+            grpc_address=s.host,
+            grpc_port=s.grpc_port,
+            allow_metrics=bool(s.metrics_port),
+            allow_gpu_metrics=None if uses_gpu else False,
+            metrics_address=s.host if s.metrics_port else None,
+            metrics_port=s.metrics_port or None,
+            exit_timeout_secs=s.exit_timeout_s,
+            log_verbose=1 if s.verbose else None,
+            log_file=None if s.verbose else self._log_path(),
+        )
         if not s.verbose:
             logging.getLogger("pytriton").setLevel(logging.ERROR)
-        self._triton = _triton_class()(self, config=config, workspace=workspace,
-                                       triton_lifecycle_policy=triton_mod.TritonLifecyclePolicy(local_model_store=True),
-                                       security_config=triton_mod.TritonSecurityConfig(
-                                           restricted_endpoints=list(PROTECTED_ENDPOINTS)))
+        self._triton = pytriton_glue.triton_class()(
+            self._wait_for_server,
+            config=config,
+            workspace=workspace,
+            triton_lifecycle_policy=triton_mod.TritonLifecyclePolicy(local_model_store=True),
+            security_config=triton_mod.TritonSecurityConfig(restricted_endpoints=list(PROTECTED_ENDPOINTS)),
+        )
         self._bind(mc, workspace.model_store_path)
         try:
             with python_library_on_ld_path():
                 self._triton.run()
         except (StartCancelled, TpdeployError):
             raise
-        except Exception as e:  # noqa: BLE001 - PyTriton's own failures, in one line with the server's log
+        except Exception as e:  # PyTriton's own failures, in one line with the server's log
             raise UserError(f"Triton Inference Server did not start: {one_line(e)}{self._log_hint()}") from None
         server = self._server_pid()
         if server is not None:  # tritonserver, the stubs and their helpers, to make sure of in stop()
-            self._processes = {p: _start_time(p) for p in [server, *descendants(server)]}
-        self._checkpoint()
+            self._processes = {p: processes.start_time(p) for p in [server, *processes.descendants(server)]}
+        self._give_up_if_asked()
         self._self_check()
         self.handlers.reset_stats()  # what clients asked for, from now on
         self._describe()
@@ -265,19 +236,28 @@ class TritonService:
         s, r, c = self.settings, self.runner, self.handlers.num_classes
         size, k = r.image_size, min(TOP_K, self.handlers.num_classes)
         self._triton.bind(
-            model_name=s.name, infer_func=[self.handlers.infer_images] * s.instances,
+            model_name=s.name,
+            infer_func=[self.handlers.infer_images] * s.instances,
             inputs=[mc.Tensor(name="images", dtype=np.float32, shape=(3, size, size))],
             outputs=[mc.Tensor(name="logits", dtype=np.float32, shape=(c,))],
-            config=mc.ModelConfig(batching=True, max_batch_size=self.max_batch,
-                                  batcher=mc.DynamicBatcher(max_queue_delay_microseconds=s.max_queue_delay_us)),
-            strict=True)
+            config=mc.ModelConfig(
+                batching=True,
+                max_batch_size=self.max_batch,
+                batcher=mc.DynamicBatcher(max_queue_delay_microseconds=s.max_queue_delay_us),
+            ),
+            strict=True,
+        )
         self._triton.bind(
-            model_name=s.classify_name, infer_func=[self.handlers.classify] * s.instances,
+            model_name=s.classify_name,
+            infer_func=[self.handlers.classify] * s.instances,
             inputs=[mc.Tensor(name="image", dtype=np.bytes_, shape=(1,))],
-            outputs=[mc.Tensor(name="classes", dtype=np.int64, shape=(k,)),
-                     mc.Tensor(name="scores", dtype=np.float32, shape=(k,))],
+            outputs=[
+                mc.Tensor(name="classes", dtype=np.int64, shape=(k,)),
+                mc.Tensor(name="scores", dtype=np.float32, shape=(k,)),
+            ],
             config=mc.ModelConfig(batching=True, max_batch_size=self.max_batch, batcher=None),
-            strict=True)
+            strict=True,
+        )
         for name in (s.name, s.classify_name):  # our statuses on top of PyTriton's proxy (module docstring)
             folder = model_store / name
             version = next(p for p in folder.iterdir() if p.is_dir())
@@ -290,7 +270,7 @@ class TritonService:
         client = self._http_client(timeout=2.0)
         try:
             while True:
-                self._checkpoint()
+                self._give_up_if_asked()
                 if not triton_alive():
                     raise UserError(f"Triton Inference Server exited while loading the models{self._log_hint()}")
                 with contextlib.suppress(Exception):
@@ -303,6 +283,7 @@ class TritonService:
     def _self_check(self) -> None:
         """One request per model through Triton, end to end, before anyone is told the server is up."""
         import tritonclient.http as http
+
         s, r = self.settings, self.runner
         client = self._http_client(timeout=60.0)
         try:
@@ -312,7 +293,7 @@ class TritonService:
             blob = http.InferInput("image", [1, 1], "BYTES")
             blob.set_data_from_numpy(np.array([[_png()]], dtype=object))
             client.infer(s.classify_name, [blob])
-        except Exception as e:  # noqa: BLE001 - tritonclient raises its own type and socket errors
+        except Exception as e:  # tritonclient raises its own type and socket errors
             raise DeviceError(f"the served models do not answer: {one_line(e)}{self._log_hint()}") from None
         finally:
             client.close()
@@ -320,16 +301,21 @@ class TritonService:
     def _http_client(self, timeout: float):
         http = lazy_import("tritonclient.http", "serving")
         s = self.settings
-        return http.InferenceServerClient(f"{s.host}:{s.http_port}", connection_timeout=timeout,
-                                          network_timeout=timeout)
+        return http.InferenceServerClient(
+            f"{s.host}:{s.http_port}", connection_timeout=timeout, network_timeout=timeout
+        )
 
     def _describe(self) -> None:
         s, r, c = self.settings, self.runner, self.handlers.num_classes
         size = r.image_size
-        self.progress(f"serving {s.name!r}: images FP32 [-1, 3, {size}, {size}] -> logits FP32 [-1, {c}] "
-                      f"(dynamic batching: max batch {self.max_batch}, max queue delay {s.max_queue_delay_us} us)")
-        self.progress(f"serving {s.classify_name!r}: image BYTES [-1, 1] (JPEG/PNG/WebP) -> top-{min(TOP_K, c)} "
-                      f"classes INT64, scores FP32; preprocessing {r.data_config.describe()}")
+        self.progress(
+            f"serving {s.name!r}: images FP32 [-1, 3, {size}, {size}] -> logits FP32 [-1, {c}] "
+            f"(dynamic batching: max batch {self.max_batch}, max queue delay {s.max_queue_delay_us} us)"
+        )
+        self.progress(
+            f"serving {s.classify_name!r}: image BYTES [-1, 1] (JPEG/PNG/WebP) -> top-{min(TOP_K, c)} "
+            f"classes INT64, scores FP32; preprocessing {r.data_config.describe()}"
+        )
         self.progress(f"  {r.describe()}, {s.instances} instance(s) per model")
         self.progress(f"  HTTP    {s.http_url}  (health: {s.http_url}/v2/health/ready)")
         self.progress(f"  gRPC    {s.grpc_url}")
@@ -352,8 +338,10 @@ class TritonService:
         if self.handlers is None:
             return "no request served"
         s = self.settings
-        return (f"{s.name}: {self.handlers.images_stats.describe()}; "
-                f"{s.classify_name}: {self.handlers.classify_stats.describe()}")
+        return (
+            f"{s.name}: {self.handlers.images_stats.describe()}; "
+            f"{s.classify_name}: {self.handlers.classify_stats.describe()}"
+        )
 
     # -- stop
     def stop(self) -> None:
@@ -372,8 +360,8 @@ class TritonService:
 
     def _server_pid(self) -> int | None:
         """Our tritonserver: a child process of this one, run from our workspace."""
-        for pid in descendants(os.getpid()):
-            binary = _cmdline(pid)[0]
+        for pid in processes.descendants(os.getpid()):
+            binary = processes.cmdline(pid)[0]
             if self._workspace_dir.encode() in binary and os.path.basename(binary).startswith(b"tritonserver"):
                 return pid
         return None
@@ -382,14 +370,18 @@ class TritonService:
         server = self._server_pid()
         if server is not None:
             deadline = time.monotonic() + 60  # still loading the models: until its handlers are in place
-            while not _catches(server, signal.SIGINT) and _proc_stat(server) and time.monotonic() < deadline:
+            while (
+                not processes.catches(server, signal.SIGINT)
+                and processes.proc_stat(server)
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             with contextlib.suppress(ProcessLookupError):  # readiness turns red; HTTP drains, then in-flight
                 os.kill(server, signal.SIGINT)
             self._unload_models(triton)
         try:
             triton.stop()  # waits for tritonserver, then closes the handlers and deletes the workspace
-        except Exception as e:  # noqa: BLE001 - stopping must not hide why we stop
+        except Exception as e:  # stopping must not hide why we stop
             LOG.warning("stopping Triton: %s", one_line(e))
         # PyTriton may be stopping from its own thread (tritonserver exited first): wait for it to finish
         deadline = time.monotonic() + self.settings.exit_timeout_s + 5
@@ -402,18 +394,21 @@ class TritonService:
         running for good, with their shared memory: kill whatever still runs from our workspace (tritonserver, the
         stubs) or of the processes seen at start-up, and remove the stubs' shared-memory regions. Python's resource
         trackers are spared: once the processes they track are gone they unlink what those left, and exit."""
-        started = [p for p in _live_processes() if self._workspace_dir.encode() in _cmdline(p)[0]]
-        seen = [p for p, t in self._processes.items() if _start_time(p) == t]
-        left = [p for p in dict.fromkeys(started + seen + [c for p in started for c in descendants(p)])
-                if b"resource_tracker" not in b" ".join(_cmdline(p))]
+        started = [p for p in processes.live_processes() if self._workspace_dir.encode() in processes.cmdline(p)[0]]
+        seen = [p for p, t in self._processes.items() if processes.start_time(p) == t]
+        left = [
+            p
+            for p in dict.fromkeys(started + seen + [c for p in started for c in processes.descendants(p)])
+            if b"resource_tracker" not in b" ".join(processes.cmdline(p))
+        ]
         if not left:
             return
-        LOG.warning("killing what Triton left running: %s", ", ".join(f"{p} ({_comm(p)})" for p in left))
+        LOG.warning("killing what Triton left running: %s", ", ".join(f"{p} ({processes.comm(p)})" for p in left))
         for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)  # the stubs ignore SIGTERM
         for pid in started:
-            args = _cmdline(pid)
+            args = processes.cmdline(pid)
             if os.path.basename(args[0]) == b"triton_python_backend_stub" and len(args) > 2:
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(b"/dev/shm", os.path.basename(args[2])))
@@ -421,14 +416,13 @@ class TritonService:
     def _unload_models(self, triton) -> None:
         """Unload both models while Triton drains its HTTP connections (module docstring: why)."""
         grpc = lazy_import("tritonclient.grpc", "serving")
-        from pytriton.client.auth import create_auth_headers
         s = self.settings
         client = grpc.InferenceServerClient(s.grpc_url)
         try:
-            headers = create_auth_headers(triton.get_access_token(), "grpc")
+            headers = pytriton_glue.auth_headers(triton, "grpc")
             for name in (s.name, s.classify_name):
                 client.unload_model(name, headers=headers, client_timeout=s.exit_timeout_s)
-        except Exception as e:  # noqa: BLE001 - a server that is already gone has nothing to unload
+        except Exception as e:  # a server that is already gone has nothing to unload
             LOG.debug("unloading the models: %s", one_line(e))
         finally:
             client.close()
@@ -447,8 +441,10 @@ class TritonService:
             return ""
         hint = ""
         if "_recursion_count" in tail or "libpython" in tail:
-            hint = (f" (the Python-backend stub loaded another libpython than this interpreter's; put "
-                    f"{sysconfig.get_config_var('LIBDIR')} on LD_LIBRARY_PATH)")
+            hint = (
+                f" (the Python-backend stub loaded another libpython than this interpreter's; put "
+                f"{sysconfig.get_config_var('LIBDIR')} on LD_LIBRARY_PATH)"
+            )
         return f"{hint}; server log ends: {tail!r}"
 
     def __enter__(self):
@@ -456,61 +452,3 @@ class TritonService:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-@functools.cache
-def _triton_class():
-    triton_mod = lazy_import("pytriton.triton", "serving")
-
-    class Triton(triton_mod.Triton):
-        """PyTriton's Triton, waiting for the server as TritonService says (PyTriton's own wait polls for 120 s
-        even after tritonserver has exited, and cannot be interrupted)."""
-
-        def __init__(self, service: TritonService, **kwargs):
-            super().__init__(**kwargs)
-            self._service = service
-
-        def _wait_for_server(self) -> None:
-            self._service._wait_for_server(self._is_alive_impl)
-
-        def _prepare_triton_inference_server(self):
-            path = super()._prepare_triton_inference_server()
-            _start_with_signals_ignored(path / "bin" / "tritonserver")
-            return path
-
-    return Triton
-
-
-# tritonserver installs its SIGINT/SIGTERM handlers only once its models are loaded; until then a Ctrl+C or a
-# supervisor's SIGTERM to the whole process group kills it on the spot, and its Python-backend stubs live on for
-# good. Started with both ignored (dispositions survive exec), it and its stubs ignore them until its handlers are
-# in place; `TritonService.stop()` waits for those before it signals tritonserver.
-_WRAPPER = """#!/bin/sh
-trap '' INT TERM
-exec "$0.bin" "$@"
-"""
-
-
-def _start_with_signals_ignored(binary) -> None:
-    os.rename(binary, f"{binary}.bin")
-    with open(binary, "w", encoding="ascii") as f:
-        f.write(_WRAPPER)
-    os.chmod(binary, 0o755)
-
-
-def _catches(pid: int, signum: int) -> bool:
-    """Has process `pid` installed a handler for `signum` (/proc/<pid>/status SigCgt)?"""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return bool(caught >> (signum - 1) & 1)

@@ -1,11 +1,18 @@
 """ServeSettings: what `tpdeploy serve` serves and how, checked once when it is made."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from tpdeploy.errors import UserError
 from tpdeploy.serving.handlers import DEFAULT_MAX_IMAGE_PIXELS
-from tpdeploy.triton_repo import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US, check_batching, model_name
+from tpdeploy.serving.triton_config import (
+    DEFAULT_INSTANCES,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_QUEUE_DELAY_US,
+    check_batching,
+    model_name,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8000, 8001, 8002  # Triton's own defaults
@@ -17,21 +24,22 @@ DEFAULT_EXIT_TIMEOUT_S = 5
 @dataclass(frozen=True)
 class ServeSettings:
     model_path: str
-    backend: str | None = None            # ort / trt / torch; default: by file type
+    backend: str | None = None  # ort / trt / torch; default: by file type
     device: str = "cpu"
-    plugin: str | None = None             # TokenPool plugin library for engines
-    threads: int | None = None            # intra-op threads (CPU backends)
-    name: str | None = None               # Triton model name; default: the file's stem
+    plugin: str | None = None  # TokenPool plugin library for engines
+    threads: int | None = None  # intra-op threads (CPU backends)
+    checkpoint: str | None = None  # torch backend: the checkpoint the ONNX file was exported from
+    name: str | None = None  # Triton model name; default: the file's stem
     host: str = DEFAULT_HOST
     http_port: int = DEFAULT_HTTP_PORT
     grpc_port: int = DEFAULT_GRPC_PORT
-    metrics_port: int | None = DEFAULT_METRICS_PORT   # None: no metrics endpoint
+    metrics_port: int | None = DEFAULT_METRICS_PORT  # None: no metrics endpoint
     max_batch: int = DEFAULT_MAX_BATCH
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
-    instances: int = 1
+    instances: int = DEFAULT_INSTANCES
     exit_timeout_s: int = DEFAULT_EXIT_TIMEOUT_S
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    verbose: bool = False                 # show Triton's own log
+    verbose: bool = False  # show Triton's own log
 
     def __post_init__(self):
         check_batching(self.max_batch, self.instances, self.max_queue_delay_us)

@@ -2,19 +2,24 @@
 
 PyTriton answers every exception of an inference callable with one error for the whole execution: status INTERNAL
 (HTTP 500) and the callable's Python traceback as the message. This keeps PyTriton's proxy and only changes what the
-client gets: `tpdeploy.serving.handlers.RequestRefused` -> INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) with its
-one-line message, `RequestFailed` -> INTERNAL with its one-line message, anything else -> INTERNAL without details
-(the server logged it). No traceback reaches a client.
+client gets: a `tpdeploy.serving.handlers.RequestError` carries its status and one-line message as a marked JSON
+object (`STATUS_MARKER`, the same as handlers.py's): `RequestRefused` becomes INVALID_ARG (HTTP 400, gRPC
+INVALID_ARGUMENT), `RequestFailed` INTERNAL, each with its message; anything else INTERNAL without details (the
+server logged it). No traceback reaches a client.
 
 tpdeploy's service copies this file into each PyTriton model folder and names it in config.pbtxt
 (`default_model_filename`); it imports nothing of tpdeploy (the stub is another process).
 """
-import re
+
+import json
 import signal
 
 import triton_python_backend_utils as pb_utils
 
 from .model import TritonPythonModel as PyTritonModel
+
+STATUS_MARKER = "tpdeploy-request-status:"
+STATUSES = ("INVALID_ARG", "INTERNAL")  # TritonError's codes (the class exists once the stub serves, not at import)
 
 # The stub leaves stopping to tritonserver; the helper processes PyTriton starts from it (its shared-memory tensor
 # store) must too, or a Ctrl+C or a supervisor's SIGTERM to the whole process group kills them mid-request and
@@ -25,8 +30,19 @@ for _sig in (signal.SIGINT, signal.SIGTERM):
     except ValueError:  # not the stub's main thread: nothing to do but keep its own handling
         pass
 
-# the last line of the formatted exception PyTriton sends: "<module>.RequestRefused: <message>"
-_STATUS = re.compile(r"^[\w.]*\b(RequestRefused|RequestFailed): (.+)$", re.MULTILINE)
+
+def request_status(error_text: str):
+    """(status, message) of the last marked RequestError in PyTriton's error text, or None."""
+    head, marker, payload = error_text.rpartition(STATUS_MARKER)
+    if not marker:
+        return None
+    try:
+        status = json.JSONDecoder().raw_decode(payload)[0]
+        if status["status"] not in STATUSES:
+            return None
+        return getattr(pb_utils.TritonError, status["status"]), str(status["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class TritonPythonModel(PyTritonModel):
@@ -34,12 +50,11 @@ class TritonPythonModel(PyTritonModel):
         try:
             return super().execute(requests)
         except pb_utils.TritonModelException as e:
-            found = _STATUS.findall(str(e))
-            if found and found[-1][0] == "RequestRefused":
-                error = pb_utils.TritonError(found[-1][1], pb_utils.TritonError.INVALID_ARG)
-            elif found:
-                error = pb_utils.TritonError(found[-1][1], pb_utils.TritonError.INTERNAL)
+            status = request_status(str(e))
+            if status is None:
+                error = pb_utils.TritonError(
+                    "internal error in the model (the server logged it)", pb_utils.TritonError.INTERNAL
+                )
             else:
-                error = pb_utils.TritonError("internal error in the model (the server logged it)",
-                                             pb_utils.TritonError.INTERNAL)
+                error = pb_utils.TritonError(status[1], status[0])
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

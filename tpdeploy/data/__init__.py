@@ -1,0 +1,6 @@
+"""Images in and out of models, without PyTorch.
+
+preprocess   encoded images -> model input, with the model's recorded data config
+samples      structured sample images (validation, timing, calibration without user data)
+datasets     image folders and their labels, decoded in parallel with inference
+"""

@@ -1,0 +1,68 @@
+"""`create_model`: a Token-Pooled ViT in three steps, timm's way: resolve the plan (`tpdeploy.model.plan`, no
+PyTorch), read the weights and know their origin (`tpdeploy.model.checkpoint`), build the modules and load them
+strictly (`tpdeploy.model.vit`)."""
+
+from __future__ import annotations
+
+import os
+
+from tpdeploy.artifacts.recipe import Recipe, WeightsOrigin
+from tpdeploy.errors import InvalidArgumentError, UserError, check_int
+from tpdeploy.model.checkpoint import load_state, read_checkpoint
+from tpdeploy.model.plan import ModelPlan, resolve_plan
+from tpdeploy.model.vit import TokenPooledViT, init_random
+
+
+def build_model(plan: ModelPlan, checkpoint: str | os.PathLike | None = None, seed: int = 0) -> TokenPooledViT:
+    """The plan's model in eval mode, with the checkpoint's weights (filtered, then loaded strictly) or, without
+    one, seeded-random weights."""
+    seed = check_int("seed", seed, minimum=0)
+    if checkpoint is None:
+        model = TokenPooledViT(plan, WeightsOrigin(seed=seed))
+        init_random(model, seed)
+        return model.eval()
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise InvalidArgumentError(f"checkpoint must be a path, got {checkpoint!r}")
+    state, origin = read_checkpoint(os.fspath(checkpoint), plan.cfg)
+    model = TokenPooledViT(plan, origin)
+    load_state(model, state, origin.checkpoint_path)
+    return model.eval()
+
+
+def create_model(
+    arch: str | None = None,
+    checkpoint: str | None = None,
+    flops_ratio: float | None = None,
+    preset: str | None = None,
+    schedule=None,
+    method: str | None = None,
+    iterations: int | None = None,
+    seed: int = 0,
+) -> TokenPooledViT:
+    """A Token-Pooled ViT in eval mode. At most one of flops_ratio, preset, schedule; none means dense tokens (all
+    patch tokens in every block). A preset brings its own architecture, method and iterations unless these are
+    given. Without a checkpoint the weights are seeded-random (`model.origin.seed`); a checkpoint goes through
+    `checkpoint_filter`, then loads strictly (`model.origin.checkpoint_sha256`)."""
+    seed = check_int("seed", seed, minimum=0)
+    plan = resolve_plan(
+        arch, flops_ratio=flops_ratio, preset=preset, schedule=schedule, method=method, iterations=iterations
+    )
+    return build_model(plan, checkpoint, seed)
+
+
+def model_from_recipe(recipe: Recipe, checkpoint: str | None = None) -> TokenPooledViT:
+    """The PyTorch model an exported file came from, rebuilt from its recipe (in float32). A model exported from a
+    checkpoint needs that checkpoint again, checked against the SHA-256 the recipe records."""
+    if recipe.checkpoint_sha256 and checkpoint is None:
+        raise UserError(
+            f"exported from a checkpoint (sha256 {recipe.checkpoint_sha256[:16]}...): pass it "
+            f"(--checkpoint) to rebuild the model in PyTorch"
+        )
+    if not recipe.checkpoint_sha256 and checkpoint is not None:
+        raise UserError(
+            f"the file has seeded-random weights (seed {recipe.seed}); it was not exported from {checkpoint}"
+        )
+    model = build_model(ModelPlan.from_recipe(recipe), checkpoint, recipe.seed or 0)
+    if model.origin.checkpoint_sha256 != recipe.checkpoint_sha256:
+        raise UserError(f"{checkpoint} is not the checkpoint the file was exported from (SHA-256 differs)")
+    return model
