@@ -21,9 +21,21 @@ def has_cuda():
         return False
 
 
-# Tests that use these fixtures export a whole model or build the plugins (minutes here): marked slow, so that
+# Tests that use these fixtures export a whole model, build the plugins, a wheel or run the GPU check's dry run
+# (minutes here): marked slow, as the tests that do so themselves (@pytest.mark.slow), so that
 # `pytest -m "not slow"` is a fast loop; CI runs everything.
-SLOW_FIXTURES = {"tiny_onnx", "tiny_dense_onnx", "family_onnx", "plugins_build"}
+SLOW_FIXTURES = {
+    "tiny_onnx",
+    "tiny_dense_onnx",
+    "family_onnx",
+    "plugins_build",  # here
+    "exported",
+    "models",
+    "deit_small",
+    "colour_model",  # module fixtures that export
+    "dry_run",
+    "deployment_venv",
+}  # the GPU check's dry run; a wheel in a fresh venv
 
 
 def pytest_collection_modifyitems(config, items):

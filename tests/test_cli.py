@@ -130,6 +130,7 @@ def test_compare_exit_codes(models):
     assert "top-1 agreement" in different.stdout
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_and_schedules(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"\x00garbage")
     torch.save(timm_like_state("deit_small", seed=0), tmp_path / "small.pth")

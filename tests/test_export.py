@@ -111,6 +111,7 @@ def test_dense_export_has_no_token_pool(exported):
     assert not [n for n in proto.graph.node if n.op_type == "TokenPool"] and not proto.functions
 
 
+@pytest.mark.slow
 def test_fixed_batch_export(tmp_path):
     model = create_model("deit_tiny", schedule=[196] * 6 + [100] * 6, method="topk")
     path = str(tmp_path / "b2.onnx")
@@ -158,6 +159,7 @@ def test_runtime_serves_without_importing_pytorch(exported):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_recipe_records_the_checkpoints_hash_not_its_path(tmp_path):
     """The exported file says where its weights came from without naming a local path; rebuilding the PyTorch
     model (compare, the torch backend) needs that very checkpoint again."""
@@ -194,6 +196,7 @@ def test_a_stock_onnxruntime_session_prints_nothing(exported, method):
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+@pytest.mark.slow
 def test_files_are_ir_9_and_run_alike_in_the_oldest_onnxruntime_for_opset_20(exported, tmp_path):
     """onnxruntime 1.17 (the first with opset 20) in a throwaway venv, against the installed one."""
     _, path, _ = exported("wkmedoids")

@@ -10,6 +10,7 @@ import pytest
 STAGES = ("tracing", "writing", "validating")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_export_leaves_nothing(tmp_path, stage, sig, code):

@@ -33,6 +33,7 @@ def plan(out_dir, **changes):
     return sweep.SweepPlan(**{**args, **changes})
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_without_redoing_points(tmp_path):
     first = sweep.Sweep(plan(tmp_path))
     assert first.todo == [("none", None), ("wkmedoids", 0.5), ("wkmedoids", 0.75), ("topk", 0.5), ("topk", 0.75)]
@@ -79,6 +80,7 @@ def test_an_interrupted_sweep_resumes_without_redoing_points(tmp_path):
         sweep.Sweep(plan(tmp_path, batch=4))
 
 
+@pytest.mark.slow
 def test_sweep_command_on_onnxruntime(tmp_path):
     out = tmp_path / "out"
     args = [
