@@ -82,11 +82,22 @@ class WeightsOrigin:
     seed: int | None = 0
     checkpoint_sha256: str | None = None
     checkpoint_path: str | None = field(default=None, compare=False)
+    finetuned_from: str | None = None  # a fine-tuned checkpoint: the `reference()` of the weights it started from
+
+    def reference(self) -> str:
+        """These weights' name, never a path: `sha256:<hex>` for a checkpoint, `seed:<n>` for seeded-random ones."""
+        return f"sha256:{self.checkpoint_sha256}" if self.checkpoint_sha256 else f"seed:{self.seed}"
 
     def describe(self) -> str:
         if self.checkpoint_sha256:
-            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}..."
+            tuned = f", fine-tuned from {_short(self.finetuned_from)}" if self.finetuned_from else ""
+            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}...{tuned}"
         return f"seeded-random (seed {self.seed}, no checkpoint)"
+
+
+def _short(reference: str) -> str:
+    kind, _, value = reference.partition(":")
+    return f"sha256 {value[:16]}..." if kind == "sha256" else f"seeded-random weights (seed {value})"
 
 
 @dataclass(frozen=True)
@@ -101,10 +112,11 @@ class Recipe:
     seed: int | None = None  # seeded-random weights; None when they come from a checkpoint
     checkpoint_sha256: str | None = None
     tpdeploy_version: str = ""
+    finetuned_from: str | None = None  # weights fine-tuned by `tpdeploy finetune`: what they started from
 
     @property
     def origin(self) -> WeightsOrigin:
-        return WeightsOrigin(self.seed, self.checkpoint_sha256)
+        return WeightsOrigin(self.seed, self.checkpoint_sha256, finetuned_from=self.finetuned_from)
 
     @property
     def weights(self) -> str:
