@@ -56,13 +56,15 @@ def standin_onnx(
     if recipe:
         from tpdeploy.artifacts import onnx_file
 
+        clusters = [k for k, _ in pools]  # the schedule the nodes imply: each pools after the next block
+        schedule = (tokens, *clusters, *[clusters[-1] if clusters else tokens] * (11 - len(clusters)))
         onnx_file.write_recipe(
             model,
             Recipe(
                 "deit_small",
                 "wkmedoids",
                 3,
-                (tokens,) * 12,
+                schedule,
                 "fp32" if dtype == "float32" else "fp16",
                 classes,
                 DataConfig(input_size=size),

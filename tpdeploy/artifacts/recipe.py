@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from tpdeploy.errors import InvalidArgumentError, UserError
+from tpdeploy.tokenpool.definition import METHODS, method_op
 
 RECIPE_KEY = "tpdeploy.recipe"  # the ONNX metadata_props key holding the recipe as JSON
 RECIPE_VERSION = 1
@@ -22,6 +24,8 @@ IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm/data/constants.py: Google's Vi
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
+DTYPES = {"fp32": "float32", "fp16": "float16"}  # a recipe's dtype -> its file's input and output dtype
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class DataConfig:
             problems.append(f"input_size must be a positive integer, got {self.input_size!r}")
         if self.interpolation not in INTERPOLATIONS:
             problems.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
-        if not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
+        if isinstance(self.crop_pct, bool) or not isinstance(self.crop_pct, (int, float)) or not 0 < self.crop_pct <= 1:
             problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
         if self.crop_mode not in CROP_MODES:
             problems.append(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
@@ -52,7 +56,7 @@ class DataConfig:
             if (
                 not isinstance(v, (tuple, list))
                 or len(v) != 3
-                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
             ):
                 problems.append(f"{name} must be 3 finite numbers, got {v!r}")
         if not problems and min(self.std) <= 0:
@@ -131,10 +135,43 @@ class Recipe:
             recipe = cls(**d)
         except (InvalidArgumentError, ValueError, TypeError, KeyError) as e:
             raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({e})") from None
-        if (
-            not all(isinstance(t, int) for t in recipe.tokens)
-            or not isinstance(recipe.iterations, int)
-            or recipe.dtype not in ("fp32", "fp16")
-        ):
-            raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid (tokens, iterations, dtype)")
+        problems = recipe.problems()
+        if problems:
+            raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({'; '.join(problems)})")
         return recipe
+
+    def problems(self) -> list[str]:
+        """What makes this recipe impossible, on its own (an empty list: nothing)."""
+        found = []
+
+        def integer(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(self.arch, str) or not self.arch:
+            found.append(f"arch {self.arch!r} is not a name")
+        if self.method not in METHODS:
+            found.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if not integer(self.iterations) or self.iterations < 0:
+            found.append(f"iterations {self.iterations!r} is not an integer >= 0")
+        if not self.tokens or not all(integer(t) and t >= 1 for t in self.tokens):
+            found.append(f"tokens {list(self.tokens)} are not positive integers")
+        elif any(b > a for a, b in zip(self.tokens, self.tokens[1:])):
+            found.append(f"tokens {list(self.tokens)} grow from one block to the next")
+        if self.dtype not in DTYPES:
+            found.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not integer(self.num_classes) or self.num_classes < 1:
+            found.append(f"num_classes {self.num_classes!r} is not a positive integer")
+        if self.seed is not None and (not integer(self.seed) or self.seed < 0):
+            found.append(f"seed {self.seed!r} is not an integer >= 0")
+        if self.checkpoint_sha256 is not None and not _SHA256.fullmatch(str(self.checkpoint_sha256)):
+            found.append(f"checkpoint_sha256 {self.checkpoint_sha256!r} is not a SHA-256")
+        if (self.seed is None) == (self.checkpoint_sha256 is None):
+            found.append("the weights' origin must be a seed or a checkpoint's SHA-256, not both or neither")
+        return found
+
+    @property
+    def token_pool_clusters(self) -> list[int]:
+        """num_clusters of the TokenPool nodes a file of this recipe has, in order (none for grid and dense)."""
+        if method_op(self.method) is None:
+            return []
+        return [k for n, k in zip(self.tokens, self.tokens[1:]) if k < n]

@@ -49,7 +49,7 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
 
     models = [model_file] + ([baseline] if baseline else [])
     paths = [runtime.split_reference(m)[1] for m in models]
-    inputs = paths + [labels] + run.inputs()
+    inputs = run.model_inputs(models) + datasets.data_inputs(data, labels)
     if json_path:
         check_output(json_path, inputs=inputs)
     runners = run.load(models, sharing="the decoding threads share these cores")

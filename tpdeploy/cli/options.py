@@ -88,7 +88,8 @@ class ModelArgs:
         )
 
     def inputs(self) -> list[str | None]:
-        return [self.checkpoint, self.preset]
+        """The files the model options read: the checkpoint, the preset's file (a shipped one too)."""
+        return [self.checkpoint, self.preset and sched.load_preset(self.preset).path]
 
 
 model_options = group(
@@ -127,6 +128,15 @@ class RuntimeArgs:
 
     def inputs(self) -> list[str | None]:
         return [self.plugin, self.checkpoint]
+
+    def model_inputs(self, references: list[str]) -> list[str]:
+        """What loading these model references reads (each file, an engine's sidecar, external data), and the
+        runtime options' files."""
+        from tpdeploy import runtime
+        from tpdeploy.artifacts.inputs import model_inputs
+
+        found = [f for r in references for f in model_inputs(runtime.split_reference(r)[1])]
+        return found + [f for f in self.inputs() if f]
 
     def load(self, references: list[str], sharing: str | None = None) -> list:
         """Runners for model references (`path`, or `ort:path`, `trt:path`, `torch:path`). Where they take turns in

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tpdeploy import runtime
-from tpdeploy.artifacts.files import atomic_output, write_text
+from tpdeploy.artifacts.files import atomic_output, check_output_folder, make_folder, write_text
 from tpdeploy.data import datasets
 from tpdeploy.data.samples import sample_images, sample_rgb_images
 from tpdeploy.errors import InvalidArgumentError, UserError, check_choice, check_int, check_number
 from tpdeploy.model import schedule as sched
+from tpdeploy.model.registry import get_config
 from tpdeploy.optional import lazy_import
 from tpdeploy.tasks import bench, evaluate
 
@@ -130,6 +131,9 @@ class SweepPlan:
     warmup_ms: float = DEFAULT_WARMUP_MS
 
     def __post_init__(self):
+        for what in ("methods", "ratios"):
+            if isinstance(getattr(self, what), (str, bytes)) or not isinstance(getattr(self, what), (list, tuple)):
+                raise InvalidArgumentError(f"{what} must be a list, got {getattr(self, what)!r}")
         for m in self.methods:
             check_choice("method", m, [m for m in sched.METHODS if m != DENSE])
         for r in self.ratios:
@@ -211,7 +215,7 @@ def _generated_dataset(out_dir: str, count: int) -> datasets.Dataset:
     """`count` structured images as PNG files in OUT_DIR/images (made once; the same on every resume)."""
     Image = lazy_import("PIL.Image", "generating the sweep's images")
     folder = os.path.join(out_dir, "images")
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     for i in range(count):
         path = os.path.join(folder, f"{i:05d}.png")
         if not os.path.exists(path):
@@ -224,9 +228,11 @@ class Sweep:
     """One sweep's folder: the points measured so far, and the ones the plan still asks for."""
 
     def __init__(self, plan: SweepPlan, progress=lambda msg: None):
-        if os.path.exists(plan.out_dir) and not os.path.isdir(plan.out_dir):
-            raise UserError(f"-o {plan.out_dir} is a file, not a folder")
+        inputs = [plan.checkpoint, *datasets.data_inputs(plan.data, plan.labels)]
+        check_output_folder(plan.out_dir, inputs, what="-o folder")
         self.plan, self.progress = plan, progress
+        # the data before anything is built or written: a folder that cannot be evaluated leaves nothing behind
+        self.data = plan.data and datasets.open_dataset(plan.data, plan.labels, get_config(plan.arch).num_classes)
         self.dense_model = self._model(DENSE, None)
         for method, ratio in plan.points()[1:]:  # every schedule is solved before the long work starts
             try:
@@ -265,8 +271,8 @@ class Sweep:
 
     def _dataset(self) -> datasets.Dataset:
         plan = self.plan
-        if plan.data:
-            dataset = datasets.open_dataset(plan.data, plan.labels, self.dense_model.cfg.num_classes)
+        if self.data:
+            dataset = self.data
         else:
             dataset = _generated_dataset(plan.out_dir, plan.limit or GENERATED_IMAGES)
         return dataset.subset(plan.limit) if plan.limit else dataset
@@ -277,7 +283,7 @@ class Sweep:
         self.progress(f"{len(plan.points()) - len(todo)} of {len(plan.points())} points already in {plan.out_dir}")
         if not todo:
             return
-        os.makedirs(plan.out_dir, exist_ok=True)
+        make_folder(plan.out_dir)
         if plan.threads and plan.backend == "torch":
             lazy_import("torch", "the torch backend").set_num_threads(plan.threads)
         dataset = self._dataset()
