@@ -348,7 +348,12 @@ CLI_CASES = [
         1,
         "model name",
     ),
-    ("triton-repo into a file", ["triton-repo", "tp.onnx", "--repository", "tp.onnx/models"], 1, "inside the input tp.onnx"),
+    (
+        "triton-repo into a file",
+        ["triton-repo", "tp.onnx", "--repository", "tp.onnx/models"],
+        1,
+        "inside the input tp.onnx",
+    ),
     (
         "triton-repo the name ..",
         ["triton-repo", "tp.onnx", "--repository", "repo", "--name", "..", "--overwrite"],
