@@ -222,7 +222,8 @@ def test_settings_are_checked_once():
     )
     for bad, match in [
         ({"http_port": 9001, "grpc_port": 9001}, "must differ"),
-        ({"max_batch": 0}, "max-batch"),
+        ({"max_batch": 0}, "max_batch must be in"),
+        ({"instances": 1.5}, "instances must be an integer"),
         ({"http_port": 70000}, "HTTP port"),
         ({"name": "a b"}, "model name"),
     ]:
