@@ -9,7 +9,7 @@ import click
 from tpdeploy import runtime
 from tpdeploy.artifacts.files import check_output
 from tpdeploy.cli.console import ProgressBar, emit, note, progress
-from tpdeploy.cli.options import POSITIVE, Number, RuntimeArgs, json_option, runtime_options
+from tpdeploy.cli.options import POSITIVE, Number, RuntimeArgs, json_option, runtime_options, threads_option
 from tpdeploy.data import datasets
 from tpdeploy.model.plan import DEFAULT_ARCH
 from tpdeploy.tasks import sweep as sweeping
@@ -86,7 +86,7 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
     "--batch", type=POSITIVE, default=sweeping.DEFAULT_BATCH, show_default=True, help="batch for evaluation and timing"
 )
 @workers_option
-@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
+@threads_option
 @click.option(
     "--duration",
     type=Number(0.0, open_interval=True),

@@ -6,7 +6,7 @@ import click
 
 from tpdeploy.artifacts.files import check_output
 from tpdeploy.cli.console import emit, note, progress
-from tpdeploy.cli.options import POSITIVE, ModelArgs, json_option, model_options
+from tpdeploy.cli.options import POSITIVE, ModelArgs, json_option, model_options, plugin_option
 from tpdeploy.optional import lazy_import
 
 
@@ -54,7 +54,7 @@ def export(model: ModelArgs, output, dtype, batch, opset, json_path):
 @click.option("--max-batch", type=POSITIVE, help="profile maximum batch (default 32)")
 @click.option("--workspace", type=POSITIVE, help="workspace limit in MiB (default: TensorRT's)")
 @click.option("--timing-cache", help="read and update this timing cache file (faster rebuilds)")
-@click.option("--plugin", help="TokenPool plugin library (default: found automatically)")
+@plugin_option("to build with")
 @click.option("--no-plugin", is_flag=True, help="inline the TokenPool ONNX function instead of using the plugin")
 def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, workspace, timing_cache, plugin, no_plugin):
     """Build a TensorRT engine from an exported ONNX file, with the TokenPool plugin."""

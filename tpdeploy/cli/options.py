@@ -46,6 +46,13 @@ class Number(click.ParamType):
 POSITIVE = click.IntRange(min=1)
 
 
+def plugin_option(what: str = "for engines"):
+    return click.option("--plugin", help=f"TokenPool plugin library {what} (default: found automatically)")
+
+
+threads_option = click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
+
+
 def group(key: str, record, *opts):
     """An option group: the options, applied as one decorator; the command gets their values as one `record`
     (a dataclass whose fields are the options' names), as its keyword argument `key`."""
@@ -180,9 +187,9 @@ def runtime_options(backends=BACKENDS, default_backend: str | None = None):
             help=None if default_backend else "default: by file type",
         ),
         click.option("--device", type=click.Choice(DEVICES), default=DEVICES[0], show_default=True),
-        click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)"),
+        plugin_option(),
         click.option("--checkpoint", help="torch backend: the checkpoint the ONNX file was exported from"),
-        click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)"),
+        threads_option,
     )
 
 
