@@ -16,10 +16,13 @@ protobuf to the deployment install. The pass is small and knows exactly the one 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tpdeploy.artifacts import onnx_file
 from tpdeploy.errors import UserError, one_line
 from tpdeploy.tokenpool import definition as tokenpool
 
@@ -173,6 +176,9 @@ def convert_to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     for value in list(graph.input) + list(graph.output):
         value.type.tensor_type.elem_type = HALF
     del graph.value_info[:]  # the float32 types of the original
+    recipe = onnx_file.read_recipe(model, "the float32 model")
+    if recipe is not None:  # the file says what it now is
+        onnx_file.write_recipe(model, dataclasses.replace(recipe, dtype="fp16"))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
