@@ -12,6 +12,7 @@ import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from tpdeploy.errors import InvalidArgumentError, UserError, check_int
 from tpdeploy.tokenpool.definition import METHODS, method_op
@@ -145,10 +146,19 @@ def solve(ratio: float, dims: ArchDims, method: str, iterations: int) -> tuple[i
     return _geometric(lo, dims, method)
 
 
+def _preset_folder():
+    """models/, installed as tpdeploy.presets; or, where tpdeploy runs from a source tree it was not installed from
+    (the GPU check's fallback on a machine whose pip cannot install it), the tree's own models/."""
+    try:
+        return resources.files("tpdeploy.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "models"
+
+
 def presets() -> dict[str, Preset]:
     """The preset files shipped under models/ (installed as tpdeploy.presets)."""
     found = {}
-    for entry in resources.files("tpdeploy.presets").iterdir():
+    for entry in _preset_folder().iterdir():
         if entry.name.endswith(".toml"):
             found[entry.name[:-5]] = _read_preset(entry.name[:-5], entry.read_text(), str(entry))
     return dict(sorted(found.items()))
