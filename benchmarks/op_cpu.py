@@ -5,7 +5,9 @@ and at most 5% of one DeiT-S block (196 patch tokens + CLS), in PyTorch and in o
 choosing the same tokens as before. Each batch size is one interleaved run (bench.measure: round by round, order
 alternating) of the block, ToMe's merge and, per method, TokenPool now and as it was at git revision `--before`
 (its reference.py and onnx_function.py, read from git), in PyTorch and in onnxruntime. Before timing, every
-"now" output is checked bit for bit against its "before" output on the same inputs.
+"now" output is checked bit for bit against its "before" output on the same inputs. Medians of wall-clock time
+and of the thread's CPU time (which leaves out the time other processes hold the core: the ratios to read on a
+shared machine).
 
     python benchmarks/op_cpu.py [--batch 8 32] [--duration 20] [--before 2ae43bb] [--methods wkmedoids,wkmeans]
 
@@ -18,6 +20,7 @@ similar A tokens merged into their matches by size-weighted averaging; r = N - K
 import argparse
 import os
 import subprocess
+import time
 import types
 from pathlib import Path
 
@@ -111,14 +114,46 @@ def runs_for(batch, tokens, clusters, iterations, methods, before_rev) -> dict:
     return runs
 
 
-def report(stats: dict) -> str:
-    tome, block = stats[TOME].median, stats[BLOCK].median
-    head = f"{'':<24}{'median ms':>10}{'min ms':>9}{'samples':>8}{'x ToMe':>8}{'of block':>9}"
-    lines = [head, "-" * len(head)]
-    for name, s in stats.items():
-        lines.append(
-            f"{name:<24}{s.median:>10.2f}{s.min:>9.2f}{s.samples:>8}{s.median / tome:>8.2f}{s.median / block:>9.1%}"
+def measure(runs: dict, duration: float) -> tuple[dict, dict]:
+    """Interleaved (bench.measure): {name: wall-clock seconds}, {name: this thread's CPU seconds}, per timed run.
+    Everything runs on this thread, so its CPU time leaves out the time other processes hold the core."""
+    cpu = {name: [] for name in runs}
+
+    def timed(name, run):
+        def call():
+            start = time.thread_time()
+            run()
+            cpu[name].append(time.thread_time() - start)
+
+        return call
+
+    with torch.inference_mode():
+        wall = bench.measure(
+            [timed(name, run) for name, run in runs.items()], warmup_ms=1000, duration_s=duration, min_rounds=10
         )
+    rounds = len(wall[0])
+    return dict(zip(runs, wall)), {name: seconds[-rounds:] for name, seconds in cpu.items()}  # without the warm-up
+
+
+def report(wall: dict, cpu: dict) -> str:
+    med = {
+        kind: {name: float(np.median(t)) * 1e3 for name, t in d.items()} for kind, d in (("wall", wall), ("cpu", cpu))
+    }
+    head = f"{'':<24}{'wall ms':>9}{'cpu ms':>9}{'x ToMe':>8}{'of block':>9}  {'wall: x ToMe':>12}{'of block':>9}"
+    lines = [head, "-" * len(head)]
+    for name in wall:
+        ratios = [
+            f"{med[kind][name] / med[kind][TOME]:>{w1}.2f}{med[kind][name] / med[kind][BLOCK]:>9.1%}"
+            for kind, w1 in (("cpu", 8), ("wall", 14))
+        ]
+        lines.append(f"{name:<24}{med['wall'][name]:>9.2f}{med['cpu'][name]:>9.2f}{ratios[0]}{ratios[1]}")
+    for name in wall:
+        before = name.replace(" now", " before")
+        if name.endswith(" now") and before in wall:
+            lines.append(
+                f"{name[: -len(' now')]}: now / before {med['cpu'][name] / med['cpu'][before]:.2f} (cpu), "
+                f"{med['wall'][name] / med['wall'][before]:.2f} (wall)"
+            )
     return "\n".join(lines)
 
 
@@ -141,14 +176,12 @@ def main():
     for batch in args.batch:
         runs = runs_for(batch, args.tokens, args.clusters, args.iterations, methods, args.before)
         load = os.getloadavg()[0]
-        with torch.inference_mode():
-            times = bench.measure(list(runs.values()), warmup_ms=1000, duration_s=args.duration, min_rounds=10)
-        stats = {name: bench.LatencyStats.of(t, batch) for name, t in zip(runs, times)}
+        wall, cpu = measure(runs, args.duration)
         print(
-            f"\nB={batch}: {len(times[0])} rounds, load average {load:.2f} at the start, "
-            f"{os.getloadavg()[0]:.2f} at the end"
+            f"\nB={batch}: {len(wall[BLOCK])} rounds, load average {load:.2f} at the start, "
+            f"{os.getloadavg()[0]:.2f} at the end; medians; x ToMe and of block from CPU time, then from wall time"
         )
-        print(report(stats))
+        print(report(wall, cpu))
 
 
 if __name__ == "__main__":
