@@ -3,6 +3,8 @@ exported files hold it (iterations unrolled, each after the first behind the ear
 the early exit, as TensorRT parses it with --no-plugin."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -127,6 +129,18 @@ def test_node_carries_the_plugin_attributes():
         "plugin_version": b"1",
         "plugin_namespace": b"tpdeploy",
     }
+
+
+@pytest.mark.parametrize("mode", ["kmedoids", "kmeans"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_session_prints_nothing(tmp_path, mode, dtype):
+    """onnxruntime's optimizer rewrites some values that the early exit's Ifs read; it must find nothing it
+    would rename in them, or it warns at every session start (test_export checks whole models too)."""
+    path = tmp_path / "op.onnx"
+    onnx.save(onnx_function.single_op_model(dtype, 5, 3, mode, True), path)
+    code = "import sys, onnxruntime as ort; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_function_body_uses_standard_ops_only():
