@@ -12,6 +12,7 @@ from tpdeploy.artifacts.recipe import DataConfig, Recipe
 from tpdeploy.convert import engine
 from tpdeploy.tokenpool import onnx_function
 
+ITERATIONS = 3  # of every stand-in TokenPool node
 TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 
 
@@ -29,7 +30,9 @@ def standin_onnx(
     x = "x"
     for i, (k, mode) in enumerate(pools):
         nodes.append(
-            onnx_function.make_node(x, "w" if i == 0 else f"w{i}", f"y{i}", k, 3, mode, True, name=f"TokenPool_{i}")
+            onnx_function.make_node(
+                x, "w" if i == 0 else f"w{i}", f"y{i}", k, ITERATIONS, mode, True, name=f"TokenPool_{i}"
+            )
         )
         x = f"y{i}"
         nodes.append(helper.make_node("ReduceSumSquare", [x, "axis2"], [f"w{i + 1}"], keepdims=0))
@@ -52,7 +55,7 @@ def standin_onnx(
         value_info=[helper.make_tensor_value_info("x", elem, [batch, tokens, channels])],
     )
     modes = {mode for _, mode in pools}
-    functions = [onnx_function.function_proto(20, modes.pop())] if len(modes) == 1 else []
+    functions = [onnx_function.function_proto(20, modes.pop(), ITERATIONS)] if len(modes) == 1 else []
     model = helper.make_model(
         graph, functions=functions, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("tpdeploy", 1)]
     )

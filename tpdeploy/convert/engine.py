@@ -154,7 +154,7 @@ def plan_build(
 
 def network_onnx(plan: BuildPlan) -> bytes:
     """The ONNX bytes TensorRT parses: converted to float16 for --fp16; with the TokenPool functions inlined
-    (and their constant conditionals folded) without the plugin."""
+    (without control flow) without the plugin."""
     proto = OnnxFile.open(plan.onnx_path).proto
     if plan.convert_to_fp16:
         proto = convert_to_fp16(proto)

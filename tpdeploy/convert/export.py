@@ -93,7 +93,8 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
     proto = program.model_proto
     pools = onnx_file.token_pool_nodes(proto)
     if pools:
-        proto.functions.append(onnx_function.function_proto(opset, pools[0]["mode"]))
+        # one function for every node: a model's TokenPool nodes share their mode and iterations
+        proto.functions.append(onnx_function.function_proto(opset, pools[0]["mode"], pools[0]["iterations"]))
         for i, node in enumerate(n for n in proto.graph.node if n.op_type == onnx_function.OP_TYPE):
             node.name = f"TokenPool_{i}"
             del node.metadata_props[:]
