@@ -356,11 +356,11 @@ def quantize(
     recipe, proto, graph = model.recipe, model.proto, model.proto.graph
     for i, node in enumerate(graph.node):
         node.name = node.name or f"node_{i}"  # the quantizer excludes nodes by name
-    significance = {graph.node[i].name for i in float32_islands(graph)}
-    heads = head_nodes(graph)
     calibration = CalibrationSet(
         recipe.data_config, calib, limit, model.spec.fixed_batch or CALIBRATION_BATCH, model.spec.fixed_batch
     )
+    significance = {graph.node[i].name for i in float32_islands(graph, "quantize")}
+    heads = head_nodes(graph)
     where = "built-in structured images" if calib is None else f"images of {calib}"
     if calib is None:
         note(
