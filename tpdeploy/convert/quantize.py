@@ -172,6 +172,7 @@ class CalibrationSet:
 
     def batches(self, workers: int, progress_bar):
         """float32 [B, 3, S, S] arrays; a fixed-batch file takes whole batches only (the rest is dropped)."""
+        done = 0
         for images in self._arrays(workers):
             if self.fixed_batch and len(images) != self.batch:
                 self.dropped += len(images)
@@ -180,7 +181,10 @@ class CalibrationSet:
                 self.digest.update(images.tobytes())
                 self.images += len(images)
                 yield images
-            progress_bar(self.images + self.dropped + len(self.unreadable), self.count, len(self.unreadable))
+            done = self.images + self.dropped + len(self.unreadable)
+            progress_bar(done, self.count, len(self.unreadable))
+        if done < self.count:  # unreadable images after the last readable one
+            progress_bar(self.count, self.count, len(self.unreadable))
 
 
 def head_nodes(graph) -> list[str]:
@@ -362,9 +366,9 @@ def quantize(
     recipe, proto, graph = model.recipe, model.proto, model.proto.graph
     for i, node in enumerate(graph.node):
         node.name = node.name or f"node_{i}"  # the quantizer excludes nodes by name
-    calibration = CalibrationSet(
-        recipe.data_config, calib, limit, model.spec.fixed_batch or CALIBRATION_BATCH, model.spec.fixed_batch
-    )
+    # onnxruntime's histogram methods stack every run's tensors, which must then be of one shape: one image a run
+    batch = model.spec.fixed_batch or (CALIBRATION_BATCH if method == "minmax" else 1)
+    calibration = CalibrationSet(recipe.data_config, calib, limit, batch, model.spec.fixed_batch)
     significance = {graph.node[i].name for i in float32_islands(graph, "quantize")}
     heads = head_nodes(graph)
     where = "built-in structured images" if calib is None else f"images of {calib}"
