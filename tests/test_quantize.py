@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
 from standin import standin_engine, standin_onnx
 from test_bad_inputs import snapshot
+from test_engine import requires_trt
 from test_layers import run_without_torch
 
 from tpdeploy import runtime
@@ -183,6 +184,21 @@ def test_the_tensorrt_file_is_what_explicit_quantization_takes(quantized, tmp_pa
     images = sample_images(16, seed=2)
     got = OnnxRuntimeRunner(converted).infer(images).argmax(1)
     assert (got == predictions(path, images)).mean() >= 0.75  # fp16 around int8: the same model, roughly
+
+
+@pytest.mark.trt
+@requires_trt
+@pytest.mark.parametrize("fp16", [False, True])
+def test_the_tensorrt_file_builds_an_int8_engine_with_the_plugin(quantized, tiny_onnx, tmp_path, fp16):
+    """On a GPU with TensorRT: the engine builds (the plugin for every TokenPool node), says int8, and agrees with
+    the float file as the quantized file does on onnxruntime."""
+    path, _ = quantized("tensorrt")
+    plan = engine.plan_build(path, str(tmp_path / "q.plan"), fp16=fp16, max_batch=16)
+    report = engine.build(plan)
+    assert report.sidecar.build["quantized"] == "int8" and "int8 Q/DQ layers" in report.format()
+    images = sample_images(16, seed=5)
+    got = runtime.load(plan.output).infer(images).astype(np.float32).argmax(1)
+    assert (got == predictions(tiny_onnx, images)).mean() >= 0.75
 
 
 def test_build_engine_refuses_the_onnxruntime_file(quantized, tmp_path):

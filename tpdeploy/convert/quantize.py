@@ -205,12 +205,10 @@ def head_nodes(graph) -> list[str]:
     return heads
 
 
-def restore_float_inputs(graph, names: set[str]) -> int:
+def restore_float_inputs(graph, names: set[str]) -> None:
     """Give the nodes in `names`, and every TokenPool node, the float tensor where the quantizer gave them its
-    Q -> DQ copy (it puts one pair on a tensor for all readers); drop the pairs nobody reads any more. Returns
-    the number of inputs restored."""
+    Q -> DQ copy (it puts one pair on a tensor for all readers); drop the pairs nobody reads any more."""
     producer = {out: node for node in graph.node for out in node.output}
-    restored = 0
     for node in graph.node:
         if node.name not in names and node.op_type != tokenpool.OP_TYPE:
             continue
@@ -219,7 +217,6 @@ def restore_float_inputs(graph, names: set[str]) -> int:
             q = dq is not None and dq.op_type == "DequantizeLinear" and producer.get(dq.input[0])
             if q and q.op_type == "QuantizeLinear":
                 node.input[j] = q.input[0]
-                restored += 1
     for _ in range(2):  # the DQs nobody reads, then their Qs
         read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
         kept = [
@@ -229,7 +226,6 @@ def restore_float_inputs(graph, names: set[str]) -> int:
         ]
         del graph.node[:]
         graph.node.extend(kept)
-    return restored
 
 
 def int8_to_fp8(graph) -> None:
@@ -386,7 +382,9 @@ def quantize(
         def get_next(self):
             images = next(self.batches, None)
             if images is None and not calibration.images:
-                path, reason = calibration.unreadable[0] if calibration.unreadable else (calib, "no whole batch")
+                if not calibration.unreadable:
+                    raise UserError(f"{onnx_path} takes batches of {batch}: calibrate on {batch} images at least")
+                path, reason = calibration.unreadable[0]
                 raise UserError(f"none of the {calibration.count} {where} could be used; e.g. {path}: {reason}")
             return None if images is None else {model.spec.input.name: images}
 
