@@ -94,6 +94,19 @@ CONTRADICTIONS = {
     "dense11": lambda d: d.update(method="none", tokens=[196] * 12),
     "seedneg": lambda d: d.update(seed=-5),
     "fp16recipe": lambda d: d.update(dtype="fp16"),
+    "int8recipe": lambda d: d.update(
+        quantization=dict(
+            precision="int8",
+            target="ort",
+            method="minmax",
+            activations="asymmetric",
+            calibration_source="built-in",
+            calibration_images=8,
+            calibration_sha256="ab" * 32,
+            quantized_ops=["MatMul"],
+            float_parts=["TokenPool"],
+        )
+    ),
 }
 SIDECAR_CONTRADICTIONS = {
     "int8": lambda d: d["spec"]["input"].update(dtype="int8"),
@@ -238,6 +251,7 @@ CLI_CASES = [
     ("info a dense recipe beside 11 nodes", ["info", "dense11.onnx"], 1, "means TokenPool nodes of none clusters"),
     ("info seed -5", ["info", "seedneg.onnx"], 1, "seed -5 is not an integer >= 0"),
     ("info an fp16 recipe of an fp32 graph", ["info", "fp16recipe.onnx"], 1, "its recipe says fp16, its input"),
+    ("info an int8 recipe of a float graph", ["info", "int8recipe.onnx"], 1, "says int8 Q/DQ, the graph has no"),
     ("bench a recipe that lies", ["bench", "classes10.onnx"], 1, "contradicts itself"),
     ("eval a recipe that lies", ["eval", "px384.onnx", "--data", "data", "--baseline", "tp.onnx"], 1, "384 px"),
     ("triton-repo a recipe that lies", ["triton-repo", "dense11.onnx", "--repository", "r"], 1, "contradicts"),

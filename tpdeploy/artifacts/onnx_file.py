@@ -85,9 +85,16 @@ class ModelSpec:
         if self.min_batch < 1 or (self.max_batch is not None and self.max_batch < self.min_batch):
             raise UserError(f"{source}: batch range {self.min_batch}..{self.max_batch} is empty")
 
-    def check_recipe(self, recipe: Recipe | None, source: str, token_pool_clusters: list[int] | None = None) -> None:
+    def check_recipe(
+        self,
+        recipe: Recipe | None,
+        source: str,
+        token_pool_clusters: list[int] | None = None,
+        dequantize_nodes: int | None = None,
+    ) -> None:
         """UserError where the recipe contradicts the file it is in: image size, classes, dtype, and (for an ONNX
-        file, whose nodes are known) the TokenPool nodes its schedule implies."""
+        file, whose nodes are known) the TokenPool nodes its schedule implies and the Q/DQ layers its quantization
+        record implies."""
         if recipe is None:
             return
         wanted = []
@@ -102,6 +109,8 @@ class ModelSpec:
                 f"its recipe ({recipe.method}, tokens {list(recipe.tokens)}) means TokenPool nodes of "
                 f"{recipe.token_pool_clusters or 'none'} clusters, the graph has {token_pool_clusters or 'none'}"
             )
+        if dequantize_nodes == 0 and recipe.quantization is not None:
+            wanted.append(f"its recipe says {recipe.quantization.precision} Q/DQ, the graph has no DequantizeLinear")
         if wanted:
             raise UserError(f"{source} contradicts itself: {'; '.join(wanted)}")
 
@@ -213,7 +222,12 @@ class OnnxFile:
     def open(cls, path: str, load_external_data: bool = True) -> OnnxFile:
         proto = load_onnx(path, load_external_data)
         spec, recipe = model_spec(proto, path), read_recipe(proto, path)
-        spec.check_recipe(recipe, path, [n.get("num_clusters") for n in token_pool_nodes(proto)])
+        spec.check_recipe(
+            recipe,
+            path,
+            [n.get("num_clusters") for n in token_pool_nodes(proto)],
+            sum(n.op_type == "DequantizeLinear" for n in proto.graph.node),
+        )
         return cls(path, proto, spec, recipe)
 
     def require_recipe(self, purpose: str) -> Recipe:

@@ -3,7 +3,8 @@ sidecar), so that later stages need neither the original checkpoint nor PyTorch.
 
 It records the architecture, pooling method, schedule, precision, the weights' origin (a seed, or the
 checkpoint's SHA-256, never a path) and the data config the model expects: timm's `pretrained_cfg` fields
-for evaluation (input size, resize interpolation, crop fraction and mode, mean, std).
+for evaluation (input size, resize interpolation, crop fraction and mode, mean, std); for a file made by
+`tpdeploy quantize`, also how it was quantized (`Quantization`). `dtype` is always the I/O dtype.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 IMAGENET_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm/data/constants.py: Google's ViT weights
 IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 INTERPOLATIONS = ("bilinear", "bicubic")
+QUANT_PRECISIONS = ("int8", "fp8")
+QUANT_TARGETS = ("ort", "tensorrt")  # onnxruntime on the CPU; TensorRT's explicit quantization
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_SOURCES = ("images", "built-in")  # a folder of images; the generated structured images
 CROP_MODES = ("center", "squash")
 DTYPES = {"fp32": "float32", "fp16": "float16"}  # a recipe's dtype -> its file's input and output dtype
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -94,6 +99,60 @@ class WeightsOrigin:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How `tpdeploy quantize` quantized a file: static Q/DQ (QuantizeLinear/DequantizeLinear pairs) with
+    per-channel weights, scales calibrated on `calibration_images` images whose model inputs (float32, in
+    order) hash to `calibration_sha256`; `float_parts` say what stays float32."""
+
+    precision: str  # QUANT_PRECISIONS
+    target: str  # QUANT_TARGETS
+    method: str  # CALIBRATION_METHODS
+    activations: str  # "asymmetric" | "symmetric" (zero point 0, as TensorRT requires)
+    calibration_source: str  # CALIBRATION_SOURCES
+    calibration_images: int
+    calibration_sha256: str
+    quantized_ops: tuple[str, ...]  # the op types whose inputs are quantized
+    float_parts: tuple[str, ...]
+
+    def __post_init__(self):
+        problems = [
+            f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+            for name, choices in (
+                ("precision", QUANT_PRECISIONS),
+                ("target", QUANT_TARGETS),
+                ("method", CALIBRATION_METHODS),
+                ("activations", ("asymmetric", "symmetric")),
+                ("calibration_source", CALIBRATION_SOURCES),
+            )
+            if getattr(self, name) not in choices
+        ]
+        if not isinstance(self.calibration_images, int) or isinstance(self.calibration_images, bool):
+            problems.append(f"calibration_images must be an integer, got {self.calibration_images!r}")
+        elif self.calibration_images < 1:
+            problems.append(f"calibration_images must be positive, got {self.calibration_images}")
+        sha = self.calibration_sha256
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            problems.append(f"calibration_sha256 must be 64 hex digits, got {sha!r}")
+        for name in ("quantized_ops", "float_parts"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or not all(isinstance(x, str) for x in v):
+                problems.append(f"{name} must be a list of strings, got {v!r}")
+        if problems:
+            raise InvalidArgumentError(f"invalid quantization record: {'; '.join(problems)}")
+        object.__setattr__(self, "quantized_ops", tuple(self.quantized_ops))
+        object.__setattr__(self, "float_parts", tuple(self.float_parts))
+
+    def describe(self) -> str:
+        source = "built-in structured images" if self.calibration_source == "built-in" else "images"
+        return (
+            f"{self.precision} for {self.target} ({self.activations} activations, per-channel weights), "
+            f"{self.method} calibration on {self.calibration_images} {source} (sha256 "
+            f"{self.calibration_sha256[:16]}...); quantized: {', '.join(self.quantized_ops)} inputs; float32: "
+            f"{', '.join(self.float_parts)}"
+        )
+
+
+@dataclass(frozen=True)
 class Recipe:
     arch: str
     method: str
@@ -105,6 +164,7 @@ class Recipe:
     seed: int | None = None  # seeded-random weights; None when they come from a checkpoint
     checkpoint_sha256: str | None = None
     tpdeploy_version: str = ""
+    quantization: Quantization | None = None  # None: a float file (and every recipe written before quantize)
 
     @property
     def origin(self) -> WeightsOrigin:
@@ -132,6 +192,8 @@ class Recipe:
                 )
             d["data_config"] = DataConfig(**d["data_config"])
             d["tokens"] = tuple(d["tokens"])
+            if d.get("quantization") is not None:
+                d["quantization"] = Quantization(**d["quantization"])
             recipe = cls(**d)
         except (InvalidArgumentError, ValueError, TypeError, KeyError) as e:
             raise UserError(f"{source}: the tpdeploy recipe in its metadata is not valid ({e})") from None

@@ -74,6 +74,13 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
     show_default=True,
     help="FLOPs ratios, comma-separated",
 )
+@click.option(
+    "--precisions",
+    default=sweeping.FP32,
+    show_default=True,
+    help=f"comma-separated, of {', '.join(sweeping.PRECISIONS)}: int8 adds each point quantized (`tpdeploy quantize`)",
+)
+@click.option("--calib", help="calibration images of the int8 points, as `quantize --calib` (default: built-in ones)")
 @click.option("--data", help="images as for `tpdeploy eval` (default: generated images, agreement with dense)")
 @labels_option
 @click.option(
@@ -107,6 +114,8 @@ def sweep(
     checkpoint,
     methods,
     ratios,
+    precisions,
+    calib,
     data,
     labels,
     limit,
@@ -135,6 +144,8 @@ def sweep(
         threads=threads,
         duration_s=duration,
         warmup_ms=warmup_ms,
+        precisions=tuple(sweeping.parse_list("precisions", precisions, str)),
+        calib=calib,
     )
     job = sweeping.Sweep(plan, progress)
     if job.dense_model.origin.checkpoint_path is None:

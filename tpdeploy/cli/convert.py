@@ -1,12 +1,24 @@
-"""`tpdeploy export` and `tpdeploy build-engine`: a model to ONNX, an ONNX file to a TensorRT engine."""
+"""`tpdeploy export`, `quantize` and `build-engine`: a model to ONNX, ONNX to int8/FP8 ONNX, ONNX to a TensorRT
+engine."""
 
 from __future__ import annotations
 
 import click
 
 from tpdeploy.artifacts.files import check_output
-from tpdeploy.cli.console import emit, note, progress
-from tpdeploy.cli.options import POSITIVE, ModelArgs, json_option, model_options, plugin_option
+from tpdeploy.artifacts.recipe import QUANT_PRECISIONS, QUANT_TARGETS
+from tpdeploy.cli.console import ProgressBar, emit, note, progress
+from tpdeploy.cli.options import (
+    POSITIVE,
+    CalibrationArgs,
+    ModelArgs,
+    calibration_options,
+    json_option,
+    model_options,
+    plugin_option,
+)
+from tpdeploy.convert import quantize as quantizing
+from tpdeploy.data.datasets import data_inputs
 from tpdeploy.optional import lazy_import
 
 
@@ -41,6 +53,35 @@ def export(model: ModelArgs, output, dtype, batch, opset, json_path):
         opset=opset or stage.DEFAULT_OPSET,
         inputs=inputs,
         progress=progress,
+    )
+    emit(report, json_path, inputs=inputs + [output])
+
+
+@click.command()
+@click.argument("onnx_file")
+@click.option("-o", "--output", required=True, help="the quantized ONNX file to write")
+@calibration_options
+@click.option(
+    "--precision", type=click.Choice(QUANT_PRECISIONS), default=quantizing.DEFAULT_PRECISION, show_default=True
+)
+@click.option("--target", type=click.Choice(QUANT_TARGETS), help="ort (the default for int8) or tensorrt (for fp8)")
+@json_option
+def quantize(onnx_file, output, calibration: CalibrationArgs, precision, target, json_path):
+    """Quantize an exported float32 ONNX file: static Q/DQ, per-channel weights, calibrated on images preprocessed as
+    the file records; the significance, TokenPool and the head stay float32."""
+    inputs = [onnx_file, *data_inputs(calibration.calib)]
+    check_output(output, inputs=inputs)
+    if json_path:
+        check_output(json_path, inputs=inputs + [output])
+    report = quantizing.quantize(
+        onnx_file,
+        output,
+        **vars(calibration),
+        precision=precision,
+        target=target,
+        progress=progress,
+        note=note,
+        progress_bar=ProgressBar("calibration"),
     )
     emit(report, json_path, inputs=inputs + [output])
 

@@ -5,6 +5,7 @@ module that owns them, and given to a command as one object.
     @runtime_options()              run: RuntimeArgs: --backend --device --plugin --checkpoint --threads
     @timing_options()               timing: TimingArgs: --warmup-ms --duration --iterations
     @batching_options               batching: BatchingArgs: --max-batch --max-queue-delay-us --instances
+    @calibration_options            calibration: CalibrationArgs: --calib --limit --method --workers
     @json_option                    --json PATH
 """
 
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 import click
 
+from tpdeploy.artifacts.recipe import CALIBRATION_METHODS
+from tpdeploy.convert import quantize
+from tpdeploy.data.datasets import DEFAULT_WORKERS
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.plan import DEFAULT_ARCH
 from tpdeploy.runtime import BACKENDS, DEVICES
@@ -250,6 +254,40 @@ batching_options = group(
         default=triton_config.DEFAULT_INSTANCES,
         show_default=True,
         help="model instances: batches executed concurrently",
+    ),
+)
+
+
+@dataclass
+class CalibrationArgs:
+    calib: str | None
+    limit: int | None
+    method: str
+    workers: int
+
+
+calibration_options = group(
+    "calibration",
+    CalibrationArgs,
+    click.option(
+        "--calib",
+        help="calibration images: a folder as for `eval --data` (labels are not needed); default: built-in "
+        "structured images, which fit no real data",
+    ),
+    click.option(
+        "--limit",
+        type=POSITIVE,
+        help=f"calibrate on N images, spread evenly over the folder (default {quantize.DEFAULT_CALIBRATION_IMAGES})",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(CALIBRATION_METHODS),
+        default=quantize.DEFAULT_METHOD,
+        show_default=True,
+        help="how activation ranges are chosen from the calibration images",
+    ),
+    click.option(
+        "--workers", type=POSITIVE, default=DEFAULT_WORKERS, show_default=True, help="threads decoding images"
     ),
 )
 

@@ -47,9 +47,10 @@ def _constant_names(graph) -> set[str]:
     return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
 
-def float32_islands(graph) -> set[int]:
+def float32_islands(graph, purpose: str = "convert to float16") -> set[int]:
     """Indices of the nodes that compute in float32: for each TokenPool node, the chain from its W input back
-    through the softmax to the logits MatMul, and the scaling/transposes of that MatMul's operands."""
+    through the softmax to the logits MatMul, and the scaling/transposes of that MatMul's operands. `purpose`
+    says in an error what could not be done."""
     producer, constants = _producers(graph), _constant_names(graph)
     island: set[int] = set()
 
@@ -74,7 +75,7 @@ def float32_islands(graph) -> set[int]:
             node = graph.node[i]
             if node.op_type not in ("Slice", "ReduceSum", "Softmax", "MatMul"):
                 raise UserError(
-                    f"cannot convert to float16: the significance of {pool.name} comes from a "
+                    f"cannot {purpose}: the significance of {pool.name} comes from a "
                     f"{node.op_type} node ({node.name}), not from an attention softmax"
                 )
             island.add(i)

@@ -107,11 +107,13 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def open_dataset(root: str, labels: str | None = None, num_classes: int | None = None) -> Dataset:
+def open_dataset(
+    root: str, labels: str | None = None, num_classes: int | None = None, option: str = "--data"
+) -> Dataset:
     """The images under `root` and their labels (see the module's docstring for the layouts). `num_classes` is the
-    model's: a layout that does not fit it is refused."""
+    model's: a layout that does not fit it is refused. `option` names `root` in the messages."""
     if not os.path.isdir(root):
-        raise UserError(f"--data {root}: not a folder")
+        raise UserError(f"{option} {root}: not a folder")
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     if labels is not None:
@@ -127,7 +129,7 @@ def open_dataset(root: str, labels: str | None = None, num_classes: int | None =
         _note_skipped(dataset, len(entries) - len(images), root)
     if not dataset.paths:
         raise UserError(
-            f"--data {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files"
+            f"{option} {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files"
             f"{' with a label' if labels else ''})"
         )
     if dataset.labels is not None and num_classes is not None and max(dataset.labels) >= num_classes:
