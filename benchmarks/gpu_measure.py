@@ -118,14 +118,28 @@ def model_pool():
 # --- inputs -------------------------------------------------------------------------------------------------
 
 
+EXACT = 2**24  # float32 holds every integer below this: sums of such integers are exact in any order
+
+
+def varying_channels(n: int, c: int) -> int:
+    """How many channels of "tied" inputs differ between tokens: a medoid's cost sums up to N weighted distances,
+    each weight <= 3 and each distance <= 16 a channel (values -2..2), and must stay below EXACT to be the same in
+    any summation order (all C = 65536 channels at N = 64 reach 2**27.6; the sums of two orders differ then)."""
+    return min(c, EXACT // (n * 3 * 16))
+
+
 def make_inputs(kind: str, b: int, n: int, c: int, seed: int):
-    """X [B, N, C] and W [B, N] float32 on DEVICE: "random" normal; "tied" small integers (exact arithmetic in any
-    order) whose second half of tokens repeats the first (distance ties), weights 0..3 (ties, weightless
-    clusters); "nonfinite" the same with NaN, +-Inf in X and NaN, -Inf, negative weights in W."""
+    """X [B, N, C] and W [B, N] float32 on DEVICE: "random" normal; "tied" small integers whose second half of
+    tokens repeats the first (distance ties), weights 0..3 (ties, weightless clusters), with every sum the kernels
+    form exact in any order: beyond varying_channels(N, C) the channels are the same for every token of an image
+    (they add the same to every Gram entry and nothing to a distance); "nonfinite" the same with NaN, +-Inf in X
+    and NaN, -Inf, negative weights in W."""
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     if kind == "random":
         return (torch.randn(b, n, c, generator=gen, device=DEVICE), torch.rand(b, n, generator=gen, device=DEVICE))
+    varying = varying_channels(n, c)
     x = torch.randint(-2, 3, (b, n, c), generator=gen, device=DEVICE).float()
+    x[:, :, varying:] = x[:, :1, varying:].clone()
     x[:, n // 2 :] = x[:, : n - n // 2].clone()
     w = torch.randint(0, 4, (b, n), generator=gen, device=DEVICE).float()
     if kind == "nonfinite":

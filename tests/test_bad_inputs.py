@@ -5,21 +5,30 @@ The command line runs in-process through click's CliRunner (the same `main` as t
 the Python API raises TpdeployError subclasses, never a raw TypeError or a silent truncation."""
 
 import hashlib
+import json
 import os
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from standin import standin_onnx
+from PIL import Image
+from standin import standin_engine, standin_onnx
+from test_evaluate import devkit, images
 
 from tpdeploy import create_model, runtime, token_pool
 from tpdeploy.artifacts.recipe import DataConfig
 from tpdeploy.cli import main
+from tpdeploy.convert import export
+from tpdeploy.data.datasets import Dataset
 from tpdeploy.data.preprocess import preprocess_image
 from tpdeploy.data.samples import sample_images
 from tpdeploy.errors import InvalidArgumentError, TpdeployError, UserError
+from tpdeploy.serving.triton_repo import write_repository
+from tpdeploy.tasks.evaluate import evaluate
+from tpdeploy.tasks.sweep import SweepPlan
 
 
 def _has_tensorrt():
@@ -38,6 +47,7 @@ def inputs(tmp_path_factory, tiny_onnx):
     shutil.copy(tiny_onnx, folder / "tp.onnx")
     torch.save(create_model("deit_tiny", method="none").state_dict(), folder / "ck.pth")
     standin_onnx(folder / "ten.onnx", classes=10)
+    standin_onnx(folder / "px.onnx", size=96, tokens=144, pools=((100, "kmedoids"),), classes=1000)
     (folder / "empty.onnx").write_bytes(b"")
     (folder / "garbage.onnx").write_bytes(b"this is not a protobuf")
     (folder / "garbage.pth").write_bytes(b"not a checkpoint")
@@ -45,12 +55,73 @@ def inputs(tmp_path_factory, tiny_onnx):
     (folder / "model.bin").write_bytes(b"x")
     (folder / "bad.toml").write_text("arch = 'deit_tiny'\ntokens = 'many'\n")
     (folder / "dir.onnx").mkdir()
+    (folder / "random.pth").write_bytes(os.urandom(2000))
+    images(folder / "data", ["a.png", "b.png"])  # a flat folder of plain images
+    devkit(folder / "devkit", [1, 2])  # the ILSVRC2012 devkit: data/meta.mat, data/ILSVRC2012_validation_...
+    images(folder / "val", ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"])
+    (folder / "dup.csv").write_text("a.png,1\nb.png,2\na.png,3\n")
+    (folder / "strip").mkdir()  # an image whose resize to 248 px on the shorter side is 2.5 gigapixels
+    Image.new("RGB", (1, 40000)).save(folder / "strip" / "thin.png")
+    Image.new("RGB", (64, 64)).save(folder / "strip" / "fine.png")
+    for name, change in CONTRADICTIONS.items():  # ONNX files whose recipe contradicts the graph
+        recipe_edited(folder / "tp.onnx", folder / f"{name}.onnx", change)
+    engine_path, sidecar = standin_engine(
+        folder, standin_onnx(folder / "standin.onnx"), name="fine.plan", no_plugin=True
+    )
+    for name, change in SIDECAR_CONTRADICTIONS.items():  # engines whose sidecar lies
+        shutil.copy(engine_path, folder / f"{name}.plan")
+        d = json.loads(sidecar.to_json())
+        change(d)
+        (folder / f"{name}.plan.json").write_text(json.dumps(d))
+    os.makedirs(folder / "repo" / "tiny")
+    shutil.copy(folder / "tp.onnx", folder / "repo" / "tiny" / "extra.onnx")
     return folder
 
 
+def recipe_edited(source, target, change):
+    """A copy of the ONNX file whose recipe has `change` (a function of its JSON dict) applied."""
+    model = onnx.load(str(source))
+    prop = next(p for p in model.metadata_props if p.key == "tpdeploy.recipe")
+    d = json.loads(prop.value)
+    change(d)
+    prop.value = json.dumps(d)
+    onnx.save(model, str(target))
+
+
+CONTRADICTIONS = {
+    "classes10": lambda d: d.update(num_classes=10),
+    "px384": lambda d: d["data_config"].update(input_size=384),
+    "dense11": lambda d: d.update(method="none", tokens=[196] * 12),
+    "seedneg": lambda d: d.update(seed=-5),
+    "fp16recipe": lambda d: d.update(dtype="fp16"),
+    "int8recipe": lambda d: d.update(
+        quantization=dict(
+            precision="int8",
+            target="ort",
+            method="minmax",
+            activations="asymmetric",
+            calibration_source="built-in",
+            calibration_images=8,
+            calibration_sha256="ab" * 32,
+            quantized_ops=["MatMul"],
+            float_parts=["TokenPool"],
+        )
+    ),
+}
+SIDECAR_CONTRADICTIONS = {
+    "int8": lambda d: d["spec"]["input"].update(dtype="int8"),
+    "abc": lambda d: d["spec"]["input"].update(shape="abc"),
+    "range": lambda d: d["spec"].update(min_batch=64, max_batch=2),
+    "px384": lambda d: d["recipe"]["data_config"].update(input_size=384),
+    "nodes": lambda d: d["build"].update(token_pool_nodes=11),
+}
+
+
 def snapshot(folder):
+    """Every file's hash and every folder (an empty folder left behind counts too)."""
     out = {}
-    for root, _, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder):
+        out.update({os.path.relpath(os.path.join(root, d), folder): "folder" for d in dirs})
         for name in files:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
@@ -79,7 +150,25 @@ CLI_CASES = [
         "export a corrupt checkpoint",
         ["export", "--arch", "deit_tiny", "--checkpoint", "garbage.pth", "-o", "x.onnx"],
         1,
-        "cannot read checkpoint",
+        "garbage.pth is not a checkpoint",
+    ),
+    (
+        "export random bytes as a checkpoint",
+        ["export", "--arch", "deit_tiny", "--checkpoint", "random.pth", "-o", "x.onnx"],
+        1,
+        "random.pth is not a checkpoint: neither a torch.save file",
+    ),
+    (
+        "export clustering too costly for the ratio",
+        ["export", "--arch", "deit_tiny", "--flops-ratio", "0.5", "--iterations", "100000", "-o", "x.onnx"],
+        1,
+        "use fewer --iterations",
+    ),
+    (
+        "export more iterations than 32 bits",
+        ["export", "--arch", "deit_tiny", "--flops-ratio", "0.5", "--iterations", "99999999999", "-o", "x.onnx"],
+        1,
+        "iterations must be in [0, 2147483647]",
     ),
     (
         "export a checkpoint of another arch",
@@ -150,6 +239,29 @@ CLI_CASES = [
     ("info random bytes as an engine", ["info", "random.plan"], 1, "no sidecar"),
     ("info an unknown format", ["info", "model.bin"], 1, "cannot tell the format"),
     ("info a file and options", ["info", "tp.onnx", "--arch", "deit_tiny"], 1, "not both"),
+    (
+        "info a preset's schedule changed by grid",
+        ["info", "--preset", "deit_tiny_058", "--method", "grid"],
+        1,
+        "preset deit_tiny_058 with method 'grid'",
+    ),
+    # files that contradict themselves: every stage reads them through the artifacts layer
+    ("info 10 classes beside 1000 logits", ["info", "classes10.onnx"], 1, "recipe has 10 classes, its output 1000"),
+    ("info a 384 px recipe beside 224 px", ["info", "px384.onnx"], 1, "images are 384 px, its input 224 px"),
+    ("info a dense recipe beside 11 nodes", ["info", "dense11.onnx"], 1, "means TokenPool nodes of none clusters"),
+    ("info seed -5", ["info", "seedneg.onnx"], 1, "seed -5 is not an integer >= 0"),
+    ("info an fp16 recipe of an fp32 graph", ["info", "fp16recipe.onnx"], 1, "its recipe says fp16, its input"),
+    ("info an int8 recipe of a float graph", ["info", "int8recipe.onnx"], 1, "says int8 Q/DQ, the graph has no"),
+    ("bench a recipe that lies", ["bench", "classes10.onnx"], 1, "contradicts itself"),
+    ("eval a recipe that lies", ["eval", "px384.onnx", "--data", "data", "--baseline", "tp.onnx"], 1, "384 px"),
+    ("triton-repo a recipe that lies", ["triton-repo", "dense11.onnx", "--repository", "r"], 1, "contradicts"),
+    ("serve a recipe that lies", ["serve", "classes10.onnx"], 1, "contradicts itself"),
+    ("info an int8 input in a sidecar", ["info", "int8.plan"], 1, "is int8; a tpdeploy model takes"),
+    ("info a shape 'abc' in a sidecar", ["info", "abc.plan"], 1, "shape 'abc' is not a list of sizes"),
+    ("info a batch range 64..2", ["info", "range.plan"], 1, "batch range 64..2 is empty"),
+    ("info a 384 px recipe in a sidecar", ["info", "px384.plan"], 1, "images are 384 px, its input 224 px"),
+    ("info 11 nodes in a sidecar", ["info", "nodes.plan"], 1, "its build 11"),
+    ("triton-repo a sidecar that lies", ["triton-repo", "range.plan", "--repository", "r"], 1, "64..2 is empty"),
     # compare
     ("compare different outputs", ["compare", "tp.onnx", "ten.onnx"], 1, "differ in shape"),
     ("compare a negative atol", ["compare", "tp.onnx", "tp.onnx", "--atol", "-1"], 2, "not a finite number"),
@@ -167,6 +279,52 @@ CLI_CASES = [
     ("bench an ONNX file on trt", ["bench", "tp.onnx", "--backend", "trt"], 1, "build one from tp.onnx"),
     ("bench a missing baseline", ["bench", "tp.onnx", "--baseline", "no.onnx"], 1, "not found"),
     ("bench an engine on ort", ["bench", "ort:random.plan"], 1, "runs ONNX files"),
+    ("bench json onto an engine's sidecar", ["bench", "fine.plan", "--json", "fine.plan.json"], 1, "also an input"),
+    ("bench two image sizes", ["bench", "tp.onnx", "--baseline", "px.onnx"], 1, "px.onnx takes 96 px"),
+    # eval: --json never over, into or around what it reads
+    (
+        "eval json onto an image",
+        ["eval", "tp.onnx", "--data", "data", "--baseline", "tp.onnx", "--json", "data/a.png"],
+        1,
+        "is inside the input data",
+    ),
+    (
+        "eval json onto the devkit's meta.mat",
+        ["eval", "tp.onnx", "--data", "val", "--labels", "devkit", "--json", "devkit/data/meta.mat"],
+        1,
+        "is inside the input devkit",
+    ),
+    (
+        "eval json onto the ground truth",
+        [
+            "eval",
+            "tp.onnx",
+            "--data",
+            "val",
+            "--labels",
+            "devkit/data/ILSVRC2012_validation_ground_truth.txt",
+            "--json",
+            "devkit/data/ILSVRC2012_validation_ground_truth.txt",
+        ],
+        1,
+        "also an input",
+    ),
+    (
+        "eval json onto meta.mat beside the labels",
+        [
+            "eval",
+            "tp.onnx",
+            "--data",
+            "val",
+            "--labels",
+            "devkit/data/ILSVRC2012_validation_ground_truth.txt",
+            "--json",
+            "devkit/data/meta.mat",
+        ],
+        1,
+        "also an input",
+    ),
+    ("eval duplicated labels", ["eval", "tp.onnx", "--data", "data", "--labels", "dup.csv"], 1, "labelled twice"),
     # build-engine
     ("build-engine over its input", ["build-engine", "tp.onnx", "-o", "tp.onnx"], 1, "also an input"),
     (
@@ -204,7 +362,42 @@ CLI_CASES = [
         1,
         "model name",
     ),
-    ("triton-repo into a file", ["triton-repo", "tp.onnx", "--repository", "tp.onnx/models"], 1, "cannot create"),
+    (
+        "triton-repo into a file",
+        ["triton-repo", "tp.onnx", "--repository", "tp.onnx/models"],
+        1,
+        "inside the input tp.onnx",
+    ),
+    (
+        "triton-repo the name ..",
+        ["triton-repo", "tp.onnx", "--repository", "repo", "--name", "..", "--overwrite"],
+        1,
+        "not . or ..",
+    ),
+    (
+        "triton-repo the name .",
+        ["triton-repo", "tp.onnx", "--repository", "repo", "--name", ".", "--overwrite"],
+        1,
+        "not . or ..",
+    ),
+    (
+        "triton-repo over its own input",
+        ["triton-repo", "repo/tiny/extra.onnx", "--repository", "repo", "--name", "tiny", "--overwrite"],
+        1,
+        "contains the input repo/tiny/extra.onnx",
+    ),
+    ("triton-repo into its model", ["triton-repo", "tp.onnx", "--repository", "tp.onnx"], 1, "also an input"),
+    # sweep: its folder is checked, and its data, before anything is written
+    ("sweep into its data", ["sweep", "--arch", "deit_tiny", "--data", "data", "-o", "data"], 1, "also an input"),
+    ("sweep around its data", ["sweep", "--arch", "deit_tiny", "--data", "data", "-o", "."], 1, "contains the input"),
+    (
+        "sweep inside its data",
+        ["sweep", "--arch", "deit_tiny", "--data", "data", "-o", "data/out"],
+        1,
+        "is inside the input data",
+    ),
+    ("sweep where nothing can be written", ["sweep", "--arch", "deit_tiny", "-o", "/proc/tpdeploy-sweep"], 1, "cannot"),
+    ("sweep bad data", ["sweep", "--arch", "deit_tiny", "--data", "dir.onnx", "-o", "out"], 1, "no images found"),
     # usage
     ("an unknown command", ["exprot"], 2, "No such command"),
 ]
@@ -270,12 +463,53 @@ API_CASES = [
     ("an empty image", lambda: preprocess_image(b"", DataConfig()), "empty image"),
     ("a size for a config", lambda: preprocess_image(b"x", 224), "must be a DataConfig"),
     ("a crop of 2", lambda: DataConfig(crop_pct=2), "crop_pct must be in (0, 1]"),
+    ("a crop of True", lambda: DataConfig(crop_pct=True), "crop_pct must be in (0, 1]"),
+    ("a preset 123", lambda: create_model("deit_tiny", preset=123), "a preset is a name or a .toml path"),
+    ("an arch name to export", lambda: export.to_onnx("deit_tiny"), "model must be a Token-Pooled ViT"),
+    ("an output 123", lambda: export.export(create_model("deit_tiny"), 123), "the output must be a file path"),
+    (
+        "validate_batch 0",
+        lambda: export.export(create_model("deit_tiny"), "x.onnx", validate_batch=0),
+        "validate_batch must be >= 1",
+    ),
+    ("opset 10**6", lambda: export.to_onnx(create_model("deit_tiny"), opset=10**6), "opset 1000000 is newer"),
+    ("instances 1.5", lambda: _repository(instances=1.5), "instances must be an integer"),
+    ("instances 10**12", lambda: _repository(instances=10**12), "instances must be in [1, 2147483647]"),
+    ("max_batch 2.5", lambda: _repository(max_batch=2.5), "max_batch must be an integer"),
+    ("max_batch True", lambda: _repository(max_batch=True), "max_batch must be an integer"),
+    ("repository 123", lambda: _repository(repository=123), "repository must be a path"),
+    ("spinning 'no'", lambda: runtime.load(_tiny(), spinning="no"), "spinning must be True or False"),
+    ("ratios '0.5'", lambda: SweepPlan("deit_tiny", None, ["topk"], "0.5", "out"), "ratios must be a list"),
+    (
+        "a label 5000 of 1000 classes",
+        lambda: evaluate([runtime.load(_tiny())], Dataset(".", "x", ["a.png"], [5000]), 1),
+        "label 5000 of . is not a class of a model with 1000 classes",
+    ),
+    (
+        "1e300 into float32",
+        lambda: runtime.load(_tiny()).infer(np.full((1, 3, 224, 224), 1e300)),
+        "images overflow the model's float32 input",
+    ),
+    (
+        "1e6 into float16",
+        lambda: runtime.load(_fp16()).infer(np.full((1, 3, 224, 224), 1e6, np.float32)),
+        "images overflow the model's float16 input",
+    ),
 ]
 _TINY = []
 
 
 def _tiny():
     return _TINY[0]
+
+
+def _fp16():
+    return standin_onnx(os.path.join(os.path.dirname(_tiny()), "standin_fp16.onnx"), dtype="float16")
+
+
+def _repository(**kwargs):
+    args = {"model_path": _tiny(), "repository": os.path.join(os.path.dirname(_tiny()), "api-repo"), "name": "x"}
+    return write_repository(**{**args, **kwargs})
 
 
 @pytest.mark.parametrize("name,call,message", API_CASES, ids=[c[0] for c in API_CASES])
@@ -286,3 +520,21 @@ def test_python_api_mistakes(tiny_onnx, name, call, message):
     assert message in str(e.value) and isinstance(e.value, UserError) and e.value.exit_code == 1
     if "must" in message:  # an argument outside its domain: also a ValueError, never a TypeError
         assert isinstance(e.value, InvalidArgumentError) and isinstance(e.value, ValueError)
+
+
+def test_export_never_writes_over_the_shipped_preset_it_reads(tmp_path, monkeypatch):
+    """`export --preset NAME -o <that preset's own file>`: the shipped file is an input like any other."""
+    from tpdeploy.model import schedule
+
+    preset = schedule.load_preset("deit_tiny_058").path
+    with open(preset, "rb") as f:
+        before = f.read()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["export", "--preset", "deit_tiny_058", "-o", preset])
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: the output {preset} is also an input ({preset}): refusing to write over it"
+    )
+    with open(preset, "rb") as f:
+        assert f.read() == before
+    assert schedule.load_preset("deit_tiny_058").tokens and os.listdir(tmp_path) == []

@@ -136,7 +136,7 @@ def test_bad_checkpoints_and_schedules(tmp_path):
     torch.save(timm_like_state("deit_small", seed=0), tmp_path / "small.pth")
     cases = [
         (["--checkpoint", tmp_path / "nope.pth"], "checkpoint not found"),
-        (["--checkpoint", tmp_path / "corrupt.pth"], "cannot read checkpoint"),
+        (["--checkpoint", tmp_path / "corrupt.pth"], "corrupt.pth is not a checkpoint"),
         (["--arch", "deit_tiny", "--checkpoint", tmp_path / "small.pth"], "does not fit deit_tiny"),
         (["--schedule", "196,196,200,100,100,100,100,100,100,100,100,100"], "not non-increasing"),
         (["--schedule", "196,a"], "comma-separated integers"),

@@ -272,7 +272,7 @@ def negative_zero_case():
 @pytest.mark.parametrize("x_dtype", [F32, F16], ids=["x32", "x16"])
 def test_kmeans_replaces_a_negative_zero_centre_by_its_positive_zero_mean(lib, weighted, x_dtype):
     """The mean's bits replace the centre's even when they are equal in value (-0.0 == +0.0): as the reference's
-    `centres = new` and the ONNX function's Loop state. Image 1 alone converges before any update, where the
+    `centres = new` and the ONNX function's centres. Image 1 alone converges before any update, where the
     reference keeps X's -0.0 (test below); in this batch image 0 still moves, so the reference updates both."""
     x, w = negative_zero_case()
     x = x.to(x_dtype)

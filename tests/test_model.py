@@ -233,7 +233,7 @@ def test_a_checkpoint_without_tensors_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     "content,message",
-    [(None, "not found"), (b"not a checkpoint", "cannot read checkpoint"), (b"", "cannot read checkpoint")],
+    [(None, "not found"), (b"not a checkpoint", "is not a checkpoint"), (b"", "is not a checkpoint")],
 )
 def test_missing_or_corrupt_checkpoint(tmp_path, content, message):
     path = tmp_path / "bad.pth"

@@ -5,9 +5,11 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from slow_reference import slow_token_pool
+from slow_reference import plain_token_pool, slow_token_pool
 
 from tpdeploy import token_pool
+from tpdeploy.model.registry import get_config
+from tpdeploy.model.vit import Block
 
 MODES = [("kmedoids", True), ("kmedoids", False), ("kmeans", True), ("kmeans", False)]
 
@@ -224,3 +226,60 @@ def test_non_finite_inputs_give_a_defined_result(mode, weighted):
     y0 = token_pool(_t(x), _t(w), 10, 0, mode, weighted).numpy()
     np.testing.assert_array_equal(y0[1, 0], x[1, 2])
     np.testing.assert_array_equal(y0[0, 9], x[0, 5])
+
+
+# --- the reference (made fast for issue 19) against the plain float32 implementation, bit for bit ---------------
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns (so -0.0 differs from +0.0 and NaNs compare equal)."""
+    return t.view(torch.int32 if t.dtype == torch.float32 else torch.int16)
+
+
+def non_finite_inputs(seed, b, n, c):
+    """Tied small integers with NaN/Inf/huge X (distances clamp to FLT_MAX) and NaN/Inf/negative/huge W."""
+    x, w = _tied_inputs(np.random.default_rng(seed), b, n, c)
+    x[0, 3, 1], x[1, 0, 0], x[2, 7, 2], x[1, 11, 4] = np.nan, np.inf, -np.inf, 1e20
+    w[0, 5], w[1, 2], w[2, 4], w[2, 6], w[0, 8], w[1, 9] = np.nan, np.inf, -np.inf, -1.5, 3e38, 2.5e38
+    return x, w
+
+
+EXACTNESS_SUITES = {
+    "ties and duplicates": lambda seed: _tied_inputs(np.random.default_rng(seed), 3, 24, 3),
+    "everything tied": lambda seed: (
+        np.full((3, 17, 4), seed - 2.0, np.float32),
+        np.full((3, 17), seed % 2, np.float32),
+    ),
+    "NaN and Inf": lambda seed: non_finite_inputs(seed, 3, 24, 6),
+    "normal": lambda seed: (
+        np.random.default_rng(seed).normal(size=(3, 40, 16)).astype(np.float32),
+        np.random.default_rng(seed + 1).random((3, 40)).astype(np.float32),
+    ),
+}
+
+
+@pytest.mark.parametrize("mode,weighted", MODES)
+@pytest.mark.parametrize("suite", list(EXACTNESS_SUITES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["x32", "x16"])
+def test_reference_is_bit_identical_to_the_plain_implementation(mode, weighted, suite, dtype):
+    """Member-only costs, one packed reduction for the medoid and index_add sums choose the same tokens and give
+    the same bits as the plain implementation: exactly where sums are exact, and on normal inputs too (without
+    near-ties; kmeans' sums and distances are the very same operations)."""
+    for seed in range(3):
+        x, w = EXACTNESS_SUITES[suite](seed)
+        n = x.shape[1]
+        for k, t in [(1, 3), (5, 4), (n // 2, 0), (n, 2), (7, 10)]:
+            args = (_t(x, dtype), _t(w, dtype), k, t, mode, weighted)
+            got, want = token_pool(*args), plain_token_pool(*args)
+            assert torch.equal(bits(got), bits(want)), f"{suite} seed={seed} K={k} T={t}"
+
+
+@pytest.mark.parametrize("mode,weighted", MODES)
+def test_reference_chooses_the_plain_implementations_tokens_on_a_deit_block(mode, weighted):
+    """The benchmark's inputs (benchmarks/op_cpu.py): a DeiT-S block's output tokens and significance, 196 -> 110."""
+    torch.manual_seed(0)
+    block = Block(get_config("deit_small")).eval()
+    with torch.inference_mode():
+        out, significance = block(torch.randn(4, 197, 384), want_significance=True)
+        args = (out[:, 1:].contiguous(), significance, 110, 3, mode, weighted)
+        assert torch.equal(bits(token_pool(*args)), bits(plain_token_pool(*args)))

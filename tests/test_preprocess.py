@@ -9,7 +9,7 @@ Image = pytest.importorskip("PIL.Image", reason="needs Pillow")
 
 from tpdeploy.artifacts.recipe import DataConfig
 from tpdeploy.data.preprocess import preprocess_image, resize_center_crop
-from tpdeploy.errors import TpdeployError
+from tpdeploy.errors import TpdeployError, UserError
 
 DEIT = DataConfig()  # bicubic, crop_pct 0.9
 TORCHVISION = DataConfig(interpolation="bilinear", crop_pct=0.875)
@@ -94,3 +94,12 @@ def test_bad_configs_are_refused():
             DataConfig(**bad)
     with pytest.raises(TpdeployError, match="DataConfig"):
         preprocess_image(encoded("PNG"), 224)
+
+
+def test_an_image_whose_resize_would_take_gigabytes_is_refused_before_it():
+    """A 1 x 40000 strip: its shorter side to 248 px would make 248 x 9,920,000 pixels (10 GB of RGB); refused, so
+    eval counts it unreadable and serve answers 400, instead of running out of memory."""
+    strip = Image.new("RGB", (1, 40000))
+    with pytest.raises(UserError, match=r"image 1x40000 would be resized to 248x9920000 pixels"):
+        resize_center_crop(strip, DEIT)
+    assert resize_center_crop(Image.new("RGB", (300, 2000)), DEIT).size == (224, 224)  # tall, but not absurd

@@ -1,6 +1,10 @@
 """MAC counts, schedule validation, the FLOPs solver and the shipped presets."""
 
+import subprocess
+import sys
+
 import pytest
+from conftest import REPO
 
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.factory import create_model
@@ -95,3 +99,14 @@ def test_preset_file_by_path(tmp_path):
     path.write_text("arch = \n")
     with pytest.raises(Exception, match="not a valid preset"):
         create_model("deit_tiny", preset=str(path))
+
+
+def test_presets_load_from_a_source_tree_that_was_not_installed():
+    """The GPU check's fallback runs tpdeploy from PYTHONPATH: the presets then come from the tree's models/."""
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from tpdeploy.model import schedule; " + (
+        "p = schedule.load_preset('deit_tiny_058'); print(len(schedule.presets()), p.path)"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)  # -S: no site-packages
+    assert done.returncode == 0, done.stderr
+    count, path = done.stdout.split()
+    assert int(count) == len(sched.presets()) and path == str(REPO / "models" / "deit_tiny_058.toml")

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -220,7 +222,8 @@ def test_settings_are_checked_once():
     )
     for bad, match in [
         ({"http_port": 9001, "grpc_port": 9001}, "must differ"),
-        ({"max_batch": 0}, "max-batch"),
+        ({"max_batch": 0}, "max_batch must be in"),
+        ({"instances": 1.5}, "instances must be an integer"),
         ({"http_port": 70000}, "HTTP port"),
         ({"name": "a b"}, "model name"),
     ]:
@@ -250,6 +253,38 @@ def test_port_in_use_is_a_clear_error(tiny_onnx):
         )
         with pytest.raises(TpdeployError, match=f"127.0.0.1:{busy}"):
             service.start()
+
+
+def test_serve_without_pillow_says_so_before_starting_anything(tiny_onnx):
+    """The classify model needs Pillow: a server without it is refused before the model loads or Triton starts."""
+    code = (
+        "import sys; sys.modules['PIL'] = None\n"  # `import PIL` raises ImportError from here on
+        "from tpdeploy.cli import main; sys.argv = ['tpdeploy'] + sys.argv[1:]; main()"
+    )
+    ports = [str(p) for p in free_ports(3)]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            tiny_onnx,
+            "--http-port",
+            ports[0],
+            "--grpc-port",
+            ports[1],
+            "--metrics-port",
+            ports[2],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: serving needs Pillow: pip install 'tpdeploy[eval]' (or 'tpdeploy[serve]')"
+    ]
+    assert "loading" not in done.stderr and "starting Triton" not in done.stderr, done.stderr
 
 
 # ---------------------------------------------------------------------------------------------- the server

@@ -136,3 +136,28 @@ def test_repository_refuses_to_overwrite(tmp_path):
     with pytest.raises(TpdeployError, match="cannot read ONNX"):
         triton_repo.write_repository(str(bad), str(repo), name="bad")
     assert sorted(os.listdir(repo)) == ["m"]
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError(28, "No space left on device")])
+def test_an_overwrite_interrupted_between_its_renames_puts_the_old_entry_back(tmp_path, monkeypatch, interruption):
+    """--overwrite moves the old entry aside, then the new one in: a Ctrl+C (or a failure) between the two must not
+    lose both (fault injection: the second rename fails)."""
+    model = standin_onnx(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    triton_repo.write_repository(model, str(repo), name="m", max_batch=4)
+    before = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    rename, calls = os.rename, []
+
+    def second_rename_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise interruption
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(KeyboardInterrupt if interruption is KeyboardInterrupt else TpdeployError):
+        triton_repo.write_repository(model, str(repo), name="m", max_batch=8, overwrite=True)
+    monkeypatch.setattr(os, "rename", rename)
+    assert len(calls) == 3  # aside, in (failed), back
+    assert {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
+    assert sorted(os.listdir(repo)) == ["m"]  # no .part or .old folder left

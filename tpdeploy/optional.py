@@ -2,7 +2,7 @@
 
 `pip install tpdeploy` is the deployment core (numpy, onnx, click); each job adds an extra:
 
-    tpdeploy[cpu]       onnxruntime           run, bench, compare and serve ONNX files on the CPU
+    tpdeploy[cpu]       onnxruntime           run, bench, compare, serve and quantize ONNX files on the CPU
     tpdeploy[gpu]       onnxruntime-gpu       the same on CUDA (never together with [cpu]: both are `onnxruntime`)
     tpdeploy[export]    torch, onnxscript     create models, export them, the torch backend
     tpdeploy[serve]     PyTriton, tritonclient, Pillow

@@ -67,20 +67,29 @@ class EngineSidecar:
             )
         try:
             recipe = d["recipe"] and Recipe.from_json(json.dumps(d["recipe"]), source)
-            return cls(
+            sidecar = cls(
                 str(d["tensorrt_version"]),
                 str(d["gpu"]),
                 str(d["compute_capability"]),
                 str(d["engine_sha256"]),
                 str(d["onnx_sha256"]),
                 d["plugin_sha256"] and str(d["plugin_sha256"]),
-                ModelSpec.from_dict(d["spec"]),
+                ModelSpec.from_dict(d["spec"], source),
                 recipe or None,
                 dict(d.get("build") or {}),
                 str(d.get("tpdeploy_version", "")),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UserError(f"{source} is not a valid tpdeploy engine sidecar (bad or missing {one_line(e)})") from None
+        sidecar.spec.check_recipe(sidecar.recipe, source)
+        nodes = sidecar.build.get("token_pool_nodes")
+        if sidecar.recipe is not None and nodes is not None and nodes != len(sidecar.recipe.token_pool_clusters):
+            raise UserError(
+                f"{source} contradicts itself: its recipe ({sidecar.recipe.method}, tokens "
+                f"{list(sidecar.recipe.tokens)}) means {len(sidecar.recipe.token_pool_clusters)} TokenPool nodes, its "
+                f"build {nodes}"
+            )
+        return sidecar
 
     def describe(self) -> str:
         return (

@@ -4,6 +4,11 @@ creates gets (their umask), and checked before the slow work starts.
     check_output(path, inputs=[checkpoint])          # at the start of a command: fails fast
     with atomic_output(path, inputs=[...]) as tmp:   # write tmp; it is renamed to path only on success
         ...
+    check_output_folder(folder, inputs=[data])       # a command that writes several files into a folder
+
+The one rule for inputs: a command knows what it reads (files and folders, with what they imply: an engine's
+sidecar, a devkit's meta.mat, a shipped preset), and refuses an output that is one of them, is inside one of them,
+or contains one of them.
 
 An interrupted command (Ctrl+C, or SIGTERM once the command line turned it into an exception) leaves neither
 the output nor the temporary file: the rename happens only when the block ends normally, and the temporary
@@ -18,7 +23,7 @@ import os
 import tempfile
 import threading
 
-from tpdeploy.errors import UserError
+from tpdeploy.errors import InvalidArgumentError, UserError
 
 _umask_lock = threading.Lock()
 
@@ -51,13 +56,46 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _resolved(path: str) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def input_conflict(output: str, given: str | None) -> str | None:
+    """How `output` would touch the input `given` (a file or folder): "is", "is inside" or "contains"; None if not.
+    A missing input touches nothing (it is its command's own error)."""
+    if not given or not os.path.exists(given):
+        return None
+    out, inp = _resolved(output), _resolved(given)
+    if out == inp or (os.path.exists(output) and _same_file(output, given)):
+        return "is"
+    if out.startswith(inp.rstrip(os.sep) + os.sep):
+        return "is inside"
+    if inp.startswith(out.rstrip(os.sep) + os.sep):
+        return "contains"
+    return None
+
+
+def check_apart_from_inputs(path: str, inputs=(), what: str = "output") -> None:
+    """Refuse an output that is, is inside, or contains one of the command's inputs."""
+    for given in inputs:
+        relation = input_conflict(path, given)
+        if relation == "is":
+            raise UserError(f"the {what} {path} is also an input ({given}): refusing to write over it")
+        if relation == "is inside":
+            raise UserError(f"the {what} {path} is inside the input {given}: refusing to write into an input")
+        if relation == "contains":
+            raise UserError(f"the {what} {path} contains the input {given}: refusing to write over it")
+
+
 def check_output(path: str, inputs=(), what: str = "output") -> None:
-    """Refuse, before any work, an output that cannot be written or that is one of the command's inputs."""
+    """Refuse, before any work, an output file that cannot be written or that is, is inside, or contains one of the
+    command's inputs."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"the {what} must be a file path, got {path!r}")
+    path = os.fspath(path)
     if not path:
         raise UserError(f"the {what} path is empty")
-    for given in inputs:
-        if given and os.path.exists(path) and _same_file(path, given):
-            raise UserError(f"the {what} {path} is also an input ({given}): refusing to write over it")
+    check_apart_from_inputs(path, inputs, what)
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder")
     folder = os.path.dirname(os.path.abspath(path))
@@ -67,6 +105,32 @@ def check_output(path: str, inputs=(), what: str = "output") -> None:
         raise UserError(f"cannot write {path}: folder {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.W_OK) and not os.access(folder, os.W_OK):
         raise UserError(f"cannot write {path}: permission denied")
+
+
+def check_output_folder(path: str, inputs=(), what: str = "output folder") -> None:
+    """Refuse, before any work, an output folder that is a file, cannot be created or written, or that is, is inside,
+    or contains one of the command's inputs."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"the {what} must be a folder path, got {path!r}")
+    path = os.fspath(path)
+    if not path:
+        raise UserError(f"the {what} path is empty")
+    check_apart_from_inputs(path, inputs, what)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"the {what} {path} is a file, not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):  # the folder, or the nearest one above it that exists (makedirs creates it)
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {path}: folder {existing} is not writable")
+
+
+def make_folder(path: str) -> None:
+    """os.makedirs, with a failure as one line (the machine refused: a read-only file system, /proc, a full disk)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create folder {path}: {e.strerror or e}") from None
 
 
 @contextlib.contextmanager

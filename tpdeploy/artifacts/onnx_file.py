@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from tpdeploy.artifacts.recipe import RECIPE_KEY, Recipe
+from tpdeploy.artifacts.recipe import DTYPES, RECIPE_KEY, Recipe
 from tpdeploy.errors import UserError, one_line
 from tpdeploy.tokenpool import definition as tokenpool
 
@@ -53,13 +53,66 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
-        def t(e):
-            return TensorSpec(str(e["name"]), str(e["dtype"]), tuple(e["shape"]))
+    def from_dict(cls, d: dict, source: str = "the spec") -> ModelSpec:
+        """The spec a sidecar records, checked as a file's own is (float images [B, 3, S, S] -> logits, a batch range
+        that is one)."""
 
-        return cls(
-            t(d["input"]), t(d["output"]), int(d["min_batch"]), None if d["max_batch"] is None else int(d["max_batch"])
-        )
+        def t(e, what):
+            shape = e["shape"]
+            if not isinstance(shape, list) or not all(_dimension(x) for x in shape):
+                raise ValueError(f"{what} shape {shape!r} is not a list of sizes")
+            return TensorSpec(str(e["name"]), str(e["dtype"]), tuple(shape))
+
+        lo, hi = d["min_batch"], d["max_batch"]
+        if not _dimension(lo) or lo is None or not _dimension(hi):
+            raise ValueError(f"batch range {lo!r}..{hi!r} is not made of sizes")
+        spec = cls(t(d["input"], "input"), t(d["output"], "output"), lo, hi)
+        spec.check(source)
+        return spec
+
+    def check(self, source: str) -> None:
+        """UserError unless this is float images [B, 3, S, S] -> float logits [B, classes] over a batch range."""
+        inp, out = self.input, self.output
+        for what, t in (("input", inp), ("output", out)):
+            if t.dtype not in FLOAT_TYPES:
+                raise UserError(
+                    f"{source}: {what} {t.name!r} is {t.dtype}; a tpdeploy model takes and gives float32 or float16"
+                )
+        if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[2] is None or inp.shape[2] != inp.shape[3]:
+            raise UserError(f"{source}: input {inp.name!r} has shape {list(inp.shape)}; expected images [B, 3, S, S]")
+        if len(out.shape) != 2 or out.shape[1] is None:
+            raise UserError(f"{source}: output {out.name!r} has shape {list(out.shape)}; expected logits [B, classes]")
+        if self.min_batch < 1 or (self.max_batch is not None and self.max_batch < self.min_batch):
+            raise UserError(f"{source}: batch range {self.min_batch}..{self.max_batch} is empty")
+
+    def check_recipe(
+        self,
+        recipe: Recipe | None,
+        source: str,
+        token_pool_clusters: list[int] | None = None,
+        dequantize_nodes: int | None = None,
+    ) -> None:
+        """UserError where the recipe contradicts the file it is in: image size, classes, dtype, and (for an ONNX
+        file, whose nodes are known) the TokenPool nodes its schedule implies and the Q/DQ layers its quantization
+        record implies."""
+        if recipe is None:
+            return
+        wanted = []
+        if recipe.data_config.input_size != self.image_size:
+            wanted.append(f"its recipe's images are {recipe.data_config.input_size} px, its input {self.image_size} px")
+        if recipe.num_classes != self.num_classes:
+            wanted.append(f"its recipe has {recipe.num_classes} classes, its output {self.num_classes} logits")
+        if DTYPES[recipe.dtype] != self.input.dtype:
+            wanted.append(f"its recipe says {recipe.dtype}, its input is {self.input.dtype}")
+        if token_pool_clusters is not None and token_pool_clusters != recipe.token_pool_clusters:
+            wanted.append(
+                f"its recipe ({recipe.method}, tokens {list(recipe.tokens)}) means TokenPool nodes of "
+                f"{recipe.token_pool_clusters or 'none'} clusters, the graph has {token_pool_clusters or 'none'}"
+            )
+        if dequantize_nodes == 0 and recipe.quantization is not None:
+            wanted.append(f"its recipe says {recipe.quantization.precision} Q/DQ, the graph has no DequantizeLinear")
+        if wanted:
+            raise UserError(f"{source} contradicts itself: {'; '.join(wanted)}")
 
     def describe(self) -> str:
         batch = self.fixed_batch or f"{self.min_batch}..{self.max_batch or 'any'}"
@@ -99,6 +152,11 @@ def _tensor(value_info, what: str, path: str) -> TensorSpec:
     return TensorSpec(value_info.name, dtype, shape)
 
 
+def _dimension(x) -> bool:
+    """A size in a recorded shape: a positive integer, or None (dynamic)."""
+    return x is None or (isinstance(x, int) and not isinstance(x, bool) and x >= 1)
+
+
 def model_spec(proto: onnx.ModelProto, path: str) -> ModelSpec:
     """Images [B, 3, S, S] float -> logits [B, classes] float, from the graph's inputs and outputs."""
     init = {i.name for i in proto.graph.initializer}
@@ -109,12 +167,9 @@ def model_spec(proto: onnx.ModelProto, path: str) -> ModelSpec:
             f"and {len(proto.graph.output)} outputs"
         )
     inp, out = _tensor(inputs[0], "input", path), _tensor(proto.graph.output[0], "output", path)
-    if len(inp.shape) != 4 or inp.shape[1] != 3 or inp.shape[2] is None or inp.shape[2] != inp.shape[3]:
-        raise UserError(f"{path}: input {inp.name!r} has shape {list(inp.shape)}; expected images [B, 3, S, S]")
-    if len(out.shape) != 2 or out.shape[1] is None:
-        raise UserError(f"{path}: output {out.name!r} has shape {list(out.shape)}; expected logits [B, classes]")
-    batch = inp.shape[0]
-    return ModelSpec(inp, out, batch or 1, batch)
+    spec = ModelSpec(inp, out, inp.shape[0] or 1 if inp.shape else 1, inp.shape[0] if inp.shape else None)
+    spec.check(path)
+    return spec
 
 
 def token_pool_nodes(proto: onnx.ModelProto) -> list[dict]:
@@ -166,7 +221,14 @@ class OnnxFile:
     @classmethod
     def open(cls, path: str, load_external_data: bool = True) -> OnnxFile:
         proto = load_onnx(path, load_external_data)
-        return cls(path, proto, model_spec(proto, path), read_recipe(proto, path))
+        spec, recipe = model_spec(proto, path), read_recipe(proto, path)
+        spec.check_recipe(
+            recipe,
+            path,
+            [n.get("num_clusters") for n in token_pool_nodes(proto)],
+            sum(n.op_type == "DequantizeLinear" for n in proto.graph.node),
+        )
+        return cls(path, proto, spec, recipe)
 
     def require_recipe(self, purpose: str) -> Recipe:
         if self.recipe is None:

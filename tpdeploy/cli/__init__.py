@@ -4,7 +4,7 @@ app.py        the command group and its error handling (one line, an exit code p
 options.py    the option groups, with the defaults of the modules that own them
 console.py    progress on stderr, reports on stdout and as JSON
 describe.py   info, presets, archs
-convert.py    export, build-engine
+convert.py    export, quantize, build-engine
 measure.py    bench, compare
 accuracy.py   eval, sweep
 train.py      finetune
@@ -18,6 +18,7 @@ for command in (
     describe.info,
     describe.presets,
     convert.export,
+    convert.quantize,
     measure.bench,
     measure.compare,
     convert.build_engine,

@@ -9,7 +9,7 @@ import click
 from tpdeploy import runtime
 from tpdeploy.artifacts.files import check_output
 from tpdeploy.cli.console import ProgressBar, emit, note, progress
-from tpdeploy.cli.options import POSITIVE, Number, RuntimeArgs, json_option, runtime_options
+from tpdeploy.cli.options import POSITIVE, Number, RuntimeArgs, json_option, runtime_options, threads_option
 from tpdeploy.data import datasets
 from tpdeploy.model.plan import DEFAULT_ARCH
 from tpdeploy.tasks import sweep as sweeping
@@ -49,7 +49,7 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
 
     models = [model_file] + ([baseline] if baseline else [])
     paths = [runtime.split_reference(m)[1] for m in models]
-    inputs = paths + [labels] + run.inputs()
+    inputs = run.model_inputs(models) + datasets.data_inputs(data, labels)
     if json_path:
         check_output(json_path, inputs=inputs)
     runners = run.load(models, sharing="the decoding threads share these cores")
@@ -74,6 +74,13 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
     show_default=True,
     help="FLOPs ratios, comma-separated",
 )
+@click.option(
+    "--precisions",
+    default=sweeping.FP32,
+    show_default=True,
+    help=f"comma-separated, of {', '.join(sweeping.PRECISIONS)}: int8 adds each point quantized (`tpdeploy quantize`)",
+)
+@click.option("--calib", help="calibration images of the int8 points, as `quantize --calib` (default: built-in ones)")
 @click.option("--data", help="images as for `tpdeploy eval` (default: generated images, agreement with dense)")
 @labels_option
 @click.option(
@@ -86,7 +93,7 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
     "--batch", type=POSITIVE, default=sweeping.DEFAULT_BATCH, show_default=True, help="batch for evaluation and timing"
 )
 @workers_option
-@click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
+@threads_option
 @click.option(
     "--duration",
     type=Number(0.0, open_interval=True),
@@ -107,6 +114,8 @@ def sweep(
     checkpoint,
     methods,
     ratios,
+    precisions,
+    calib,
     data,
     labels,
     limit,
@@ -135,6 +144,8 @@ def sweep(
         threads=threads,
         duration_s=duration,
         warmup_ms=warmup_ms,
+        precisions=tuple(sweeping.parse_list("precisions", precisions, str)),
+        calib=calib,
     )
     job = sweeping.Sweep(plan, progress)
     if job.dense_model.origin.checkpoint_path is None:

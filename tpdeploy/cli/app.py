@@ -21,31 +21,44 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+_received: list[int] = []  # the signals this process was sent: whatever error they caused is theirs
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 class Cli(click.Group):
     def main(self, args=None, prog_name=None, **extra):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _received.clear()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
         try:
-            code = super().main(args, prog_name, standalone_mode=False, **extra)
+            code = self._run(args, prog_name, **extra)
+        except BaseException:  # a signal's exception caught and wrapped below us (an ImportError, say)
+            if not _received:
+                raise
+            code = _signal_exit(_received[0])
+        sys.exit(code or 0)
+
+    def _run(self, args, prog_name, **extra) -> int:
+        try:
+            return super().main(args, prog_name, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
-            code = e.exit_code
+            return e.exit_code
+        except (KeyboardInterrupt, click.exceptions.Abort, Terminated):  # click turns Ctrl+C into Abort
+            return _signal_exit(_received[0] if _received else signal.SIGINT)
         except click.ClickException as e:  # usage errors: one line too, with where to look
             command = f"{e.ctx.command_path} --help" if getattr(e, "ctx", None) else "tpdeploy --help"
             click.echo(f"error: {e.format_message()} (see `{command}`)", err=True)
-            code = e.exit_code
-        except TpdeployError as e:
-            click.echo(f"error: {e}", err=True)
-            code = e.exit_code
-        except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl+C inside a command into Abort
-            click.echo("error: interrupted", err=True)
-            code = 130
-        except Terminated:
-            click.echo("error: terminated (SIGTERM)", err=True)
-            code = 143
-        except Exception as e:  # never a traceback: a bug or a fault below us
+            return e.exit_code
+        except Exception as e:
+            if _received:  # a library turned the signal's exception into its own error
+                return _signal_exit(_received[0])
+            if isinstance(e, TpdeployError):
+                click.echo(f"error: {e}", err=True)
+                return e.exit_code
             if os.environ.get("TPDEPLOY_DEBUG"):
                 raise
             click.echo(
@@ -53,8 +66,13 @@ class Cli(click.Group):
                 f" (a fault of the machine or a bug in tpdeploy; TPDEPLOY_DEBUG=1 shows the traceback)",
                 err=True,
             )
-            code = 3
-        sys.exit(code or 0)
+            return 3
+
+
+def _signal_exit(signum: int) -> int:
+    """The one line and the exit code of a command stopped by a signal: 130 for SIGINT, 143 for SIGTERM."""
+    click.echo("error: interrupted" if signum == signal.SIGINT else "error: terminated (SIGTERM)", err=True)
+    return 128 + signum
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})

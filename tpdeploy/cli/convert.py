@@ -1,12 +1,24 @@
-"""`tpdeploy export` and `tpdeploy build-engine`: a model to ONNX, an ONNX file to a TensorRT engine."""
+"""`tpdeploy export`, `quantize` and `build-engine`: a model to ONNX, ONNX to int8/FP8 ONNX, ONNX to a TensorRT
+engine."""
 
 from __future__ import annotations
 
 import click
 
 from tpdeploy.artifacts.files import check_output
-from tpdeploy.cli.console import emit, note, progress
-from tpdeploy.cli.options import POSITIVE, ModelArgs, json_option, model_options
+from tpdeploy.artifacts.recipe import QUANT_PRECISIONS, QUANT_TARGETS
+from tpdeploy.cli.console import ProgressBar, emit, note, progress
+from tpdeploy.cli.options import (
+    POSITIVE,
+    CalibrationArgs,
+    ModelArgs,
+    calibration_options,
+    json_option,
+    model_options,
+    plugin_option,
+)
+from tpdeploy.convert import quantize as quantizing
+from tpdeploy.data.datasets import data_inputs
 from tpdeploy.optional import lazy_import
 
 
@@ -44,6 +56,35 @@ def export(model: ModelArgs, output, dtype, batch, opset, json_path):
     emit(report, json_path, inputs=inputs + [output])
 
 
+@click.command()
+@click.argument("onnx_file")
+@click.option("-o", "--output", required=True, help="the quantized ONNX file to write")
+@calibration_options
+@click.option(
+    "--precision", type=click.Choice(QUANT_PRECISIONS), default=quantizing.DEFAULT_PRECISION, show_default=True
+)
+@click.option("--target", type=click.Choice(QUANT_TARGETS), help="ort (the default for int8) or tensorrt (for fp8)")
+@json_option
+def quantize(onnx_file, output, calibration: CalibrationArgs, precision, target, json_path):
+    """Quantize an exported float32 ONNX file: static Q/DQ, per-channel weights, calibrated on images preprocessed as
+    the file records; the significance, TokenPool and the head stay float32."""
+    inputs = [onnx_file, *data_inputs(calibration.calib)]
+    check_output(output, inputs=inputs)
+    if json_path:
+        check_output(json_path, inputs=inputs + [output])
+    report = quantizing.quantize(
+        onnx_file,
+        output,
+        **vars(calibration),
+        precision=precision,
+        target=target,
+        progress=progress,
+        note=note,
+        progress_bar=ProgressBar("calibration"),
+    )
+    emit(report, json_path, inputs=inputs + [output])
+
+
 @click.command("build-engine")
 @click.argument("onnx_file")
 @click.option("-o", "--output", required=True, help="the engine (.plan) to write; a .json sidecar goes beside it")
@@ -53,7 +94,7 @@ def export(model: ModelArgs, output, dtype, batch, opset, json_path):
 @click.option("--max-batch", type=POSITIVE, help="profile maximum batch (default 32)")
 @click.option("--workspace", type=POSITIVE, help="workspace limit in MiB (default: TensorRT's)")
 @click.option("--timing-cache", help="read and update this timing cache file (faster rebuilds)")
-@click.option("--plugin", help="TokenPool plugin library (default: found automatically)")
+@plugin_option("to build with")
 @click.option("--no-plugin", is_flag=True, help="inline the TokenPool ONNX function instead of using the plugin")
 def build_engine(onnx_file, output, fp16, min_batch, opt_batch, max_batch, workspace, timing_cache, plugin, no_plugin):
     """Build a TensorRT engine from an exported ONNX file, with the TokenPool plugin."""

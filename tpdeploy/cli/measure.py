@@ -13,10 +13,6 @@ from tpdeploy.cli.options import POSITIVE, Number, RuntimeArgs, TimingArgs, json
 from tpdeploy.tasks import compare as comparison
 
 
-def _paths(references: list[str]) -> list[str]:
-    return [runtime.split_reference(r)[1] for r in references]
-
-
 @click.command()
 @click.argument("model_file")
 @runtime_options()
@@ -34,7 +30,7 @@ def bench(
     from tpdeploy.tasks import bench as stage
 
     models = [model_file] + ([baseline] if baseline else [])
-    inputs = _paths(models) + run.inputs()
+    inputs = run.model_inputs(models)
     if json_path:
         check_output(json_path, inputs=inputs)
     runners = run.load(models)
@@ -66,8 +62,8 @@ def compare(model_a, model_b, batch, atol, rtol, run: RuntimeArgs, json_path):
 
     Each is a path, optionally prefixed by a backend: ort:x.onnx, trt:x.plan, torch:x.onnx. Exits 1 when any
     logit is out of tolerance (|a - b| > atol + rtol * |b|)."""
-    model_b = model_b or f"torch:{_paths([model_a])[0]}"
-    inputs = _paths([model_a, model_b]) + run.inputs()
+    model_b = model_b or f"torch:{runtime.split_reference(model_a)[1]}"
+    inputs = run.model_inputs([model_a, model_b])
     if json_path:
         check_output(json_path, inputs=inputs)
     a, b = (run.load([m])[0] for m in (model_a, model_b))

@@ -5,6 +5,7 @@ module that owns them, and given to a command as one object.
     @runtime_options()              run: RuntimeArgs: --backend --device --plugin --checkpoint --threads
     @timing_options()               timing: TimingArgs: --warmup-ms --duration --iterations
     @batching_options               batching: BatchingArgs: --max-batch --max-queue-delay-us --instances
+    @calibration_options            calibration: CalibrationArgs: --calib --limit --method --workers
     @json_option                    --json PATH
 """
 
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 import click
 
+from tpdeploy.artifacts.recipe import CALIBRATION_METHODS
+from tpdeploy.convert import quantize
+from tpdeploy.data.datasets import DEFAULT_WORKERS
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.plan import DEFAULT_ARCH
 from tpdeploy.runtime import BACKENDS, DEVICES
@@ -44,6 +48,13 @@ class Number(click.ParamType):
 
 
 POSITIVE = click.IntRange(min=1)
+
+
+def plugin_option(what: str = "for engines"):
+    return click.option("--plugin", help=f"TokenPool plugin library {what} (default: found automatically)")
+
+
+threads_option = click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)")
 
 
 def group(key: str, record, *opts):
@@ -99,7 +110,8 @@ class ModelArgs:
         )
 
     def inputs(self) -> list[str | None]:
-        return [self.checkpoint, self.preset]
+        """The files the model options read: the checkpoint, the preset's file (a shipped one too)."""
+        return [self.checkpoint, self.preset and sched.load_preset(self.preset).path]
 
 
 model_options = group(
@@ -138,6 +150,15 @@ class RuntimeArgs:
 
     def inputs(self) -> list[str | None]:
         return [self.plugin, self.checkpoint]
+
+    def model_inputs(self, references: list[str]) -> list[str]:
+        """What loading these model references reads (each file, an engine's sidecar, external data), and the
+        runtime options' files."""
+        from tpdeploy import runtime
+        from tpdeploy.artifacts.inputs import model_inputs
+
+        found = [f for r in references for f in model_inputs(runtime.split_reference(r)[1])]
+        return found + [f for f in self.inputs() if f]
 
     def load(self, references: list[str], sharing: str | None = None) -> list:
         """Runners for model references (`path`, or `ort:path`, `trt:path`, `torch:path`). Where they take turns in
@@ -181,9 +202,9 @@ def runtime_options(backends=BACKENDS, default_backend: str | None = None):
             help=None if default_backend else "default: by file type",
         ),
         click.option("--device", type=click.Choice(DEVICES), default=DEVICES[0], show_default=True),
-        click.option("--plugin", help="TokenPool plugin library for engines (default: found automatically)"),
+        plugin_option(),
         click.option("--checkpoint", help="torch backend: the checkpoint the ONNX file was exported from"),
-        click.option("--threads", type=POSITIVE, help="intra-op threads (CPU backends)"),
+        threads_option,
     )
 
 
@@ -244,6 +265,40 @@ batching_options = group(
         default=triton_config.DEFAULT_INSTANCES,
         show_default=True,
         help="model instances: batches executed concurrently",
+    ),
+)
+
+
+@dataclass
+class CalibrationArgs:
+    calib: str | None
+    limit: int | None
+    method: str
+    workers: int
+
+
+calibration_options = group(
+    "calibration",
+    CalibrationArgs,
+    click.option(
+        "--calib",
+        help="calibration images: a folder as for `eval --data` (labels are not needed); default: built-in "
+        "structured images, which fit no real data",
+    ),
+    click.option(
+        "--limit",
+        type=POSITIVE,
+        help=f"calibrate on N images, spread evenly over the folder (default {quantize.DEFAULT_CALIBRATION_IMAGES})",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(CALIBRATION_METHODS),
+        default=quantize.DEFAULT_METHOD,
+        show_default=True,
+        help="how activation ranges are chosen from the calibration images",
+    ),
+    click.option(
+        "--workers", type=POSITIVE, default=DEFAULT_WORKERS, show_default=True, help="threads decoding images"
     ),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tpdeploy.cli.console import emit, progress
-from tpdeploy.cli.options import BatchingArgs, RuntimeArgs, batching_options, runtime_options
+from tpdeploy.cli.options import BatchingArgs, RuntimeArgs, batching_options, plugin_option, runtime_options
 from tpdeploy.optional import lazy_import
 from tpdeploy.serving import settings as defaults
 
@@ -65,7 +65,7 @@ def serve(
 @click.option("--repository", required=True, help="the Triton model repository folder (created if missing)")
 @click.option("--name", help="model name in the repository (default: the file name)")
 @batching_options
-@click.option("--plugin", help="TokenPool plugin library to put beside an engine (default: found automatically)")
+@plugin_option("to put beside an engine")
 @click.option("--overwrite", is_flag=True, help="replace the model's folder if it exists")
 def triton_repo(model_file, repository, name, batching: BatchingArgs, plugin, overwrite):
     """Write a Triton model repository entry for MODEL_FILE: onnxruntime_onnx for an .onnx file, tensorrt_plan

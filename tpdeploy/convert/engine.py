@@ -50,6 +50,11 @@ class BuildPlan:
     def fp16(self) -> bool:
         return self.spec.input.dtype == "float16"
 
+    @property
+    def quantized(self) -> str | None:
+        """The precision of the Q/DQ layers of a file `tpdeploy quantize` made ("int8", "fp8"); None for a float one."""
+        return self.recipe.quantization.precision if self.recipe and self.recipe.quantization else None
+
     def profile(self) -> str:
         return f"{self.spec.min_batch}/{self.opt_batch}/{self.spec.max_batch}"
 
@@ -123,6 +128,12 @@ def plan_build(
         check_int("--workspace (MiB)", workspace_mib, minimum=1)
     if no_plugin and plugin:
         raise UserError("give either --plugin or --no-plugin, not both")
+    quantization = model.recipe and model.recipe.quantization
+    if quantization and quantization.target != "tensorrt":
+        raise UserError(
+            f"{onnx_path} is quantized for {quantization.target} ({quantization.activations} activations; TensorRT "
+            f"takes symmetric Q/DQ only): quantize the float32 file with --target tensorrt"
+        )
     nodes = plugin_nodes(model)
     library = None if (no_plugin or not nodes) else find_plugin(plugin)
     if library:
@@ -154,7 +165,7 @@ def plan_build(
 
 def network_onnx(plan: BuildPlan) -> bytes:
     """The ONNX bytes TensorRT parses: converted to float16 for --fp16; with the TokenPool functions inlined
-    (and their constant conditionals folded) without the plugin."""
+    (without control flow) without the plugin."""
     proto = OnnxFile.open(plan.onnx_path).proto
     if plan.convert_to_fp16:
         proto = convert_to_fp16(proto)
@@ -175,6 +186,7 @@ def make_sidecar(plan: BuildPlan, trt_version: str, gpu: str, compute_capability
         "max_batch": plan.spec.max_batch,
         "fp16": plan.fp16,
         "converted_to_fp16": plan.convert_to_fp16,
+        "quantized": plan.quantized,
         "workspace_mib": plan.workspace_mib,
         "plugin": plan.plugin is not None,
         "token_pool_nodes": len(plan.token_pool_nodes),
@@ -203,8 +215,9 @@ class BuildReport:
 
     def format(self) -> str:
         p = self.plan
+        precision = f"{p.quantized} Q/DQ layers, " if p.quantized else ""  # the rest in the I/O dtype
         return (
-            f"built {p.output} ({self.sidecar.describe()}, batch {p.profile()}, {p.spec.input.dtype}, "
+            f"built {p.output} ({self.sidecar.describe()}, batch {p.profile()}, {precision}{p.spec.input.dtype}, "
             f"{'plugin ' + p.plugin if p.plugin else 'no plugin'})"
         )
 
@@ -261,7 +274,8 @@ def build(plan: BuildPlan, progress=lambda msg: None) -> BuildReport:
             cache_bytes = f.read()
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
     config.progress_monitor = _progress_monitor(trt, progress)
-    progress(f"building (batch {plan.profile()}, {plan.spec.input.dtype}); this takes minutes")
+    precision = f"{plan.quantized} Q/DQ layers, " if plan.quantized else ""
+    progress(f"building (batch {plan.profile()}, {precision}{plan.spec.input.dtype}); this takes minutes")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DeviceError("TensorRT failed to build the engine (see its messages above)")

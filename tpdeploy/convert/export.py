@@ -17,8 +17,10 @@ import torch
 from tpdeploy.artifacts import onnx_file
 from tpdeploy.artifacts.files import atomic_output, check_output
 from tpdeploy.data.samples import sample_images
-from tpdeploy.errors import UserError, check_choice, check_int, one_line
+from tpdeploy.errors import InvalidArgumentError, UserError, check_choice, check_int, one_line
 from tpdeploy.model.plan import PlanSummary
+from tpdeploy.model.vit import TokenPooledViT
+from tpdeploy.signals import deferred_signals
 from tpdeploy.tokenpool import onnx_function
 
 DEFAULT_OPSET = 20
@@ -61,16 +63,20 @@ class ExportReport:
 
 def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace the model with the dynamo exporter, attach the TokenPool function and the recipe."""
+    check_model(model)
     check_choice("dtype", dtype, tuple(DTYPES))
     if batch is not None:
         check_int("batch", batch, minimum=1)
     if check_int("opset", opset) < onnx_function.MIN_OPSET:
         raise UserError(f"opset {opset} is too old: TokenPool's function needs opset >= {onnx_function.MIN_OPSET}")
+    if opset > onnx.defs.onnx_opset_version():
+        raise InvalidArgumentError(f"opset {opset} is newer than this onnx knows ({onnx.defs.onnx_opset_version()})")
     if dtype != "fp32":
         model = copy.deepcopy(model).to(DTYPES[dtype])  # the caller keeps its float32 model
     example = torch.zeros(batch or 2, 3, model.cfg.img_size, model.cfg.img_size, dtype=DTYPES[dtype])
     dynamic = None if batch else {INPUT: {0: torch.export.Dim("batch", min=1, max=4096)}}
-    with _quiet_exporter():
+    # a Ctrl+C or SIGTERM inside the exporter's C++ would come out as its error, or abort: held until it returns
+    with _quiet_exporter(), deferred_signals():
         try:
             program = torch.onnx.export(
                 model,
@@ -87,7 +93,8 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
     proto = program.model_proto
     pools = onnx_file.token_pool_nodes(proto)
     if pools:
-        proto.functions.append(onnx_function.function_proto(opset, pools[0]["mode"]))
+        # one function for every node: a model's TokenPool nodes share their mode and iterations
+        proto.functions.append(onnx_function.function_proto(opset, pools[0]["mode"], pools[0]["iterations"]))
         for i, node in enumerate(n for n in proto.graph.node if n.op_type == onnx_function.OP_TYPE):
             node.name = f"TokenPool_{i}"
             del node.metadata_props[:]
@@ -101,6 +108,13 @@ def to_onnx(model, dtype: str = "fp32", batch: int | None = None, opset: int = D
     except onnx.checker.ValidationError as e:
         raise UserError(f"exported model fails the ONNX checker: {one_line(e)}") from None
     return proto
+
+
+def check_model(model) -> None:
+    if not isinstance(model, TokenPooledViT):
+        raise InvalidArgumentError(
+            f"model must be a Token-Pooled ViT (tpdeploy.create_model), got {type(model).__name__}"
+        )
 
 
 @contextlib.contextmanager
@@ -130,6 +144,8 @@ def export(
     """Export and validate onnxruntime against PyTorch (fp32 reference) on sample images, then move the file
     into place: `output` appears only for a model that loaded and ran. `inputs` (the checkpoint, a preset file)
     are never written over."""
+    check_model(model)
+    check_int("validate_batch", validate_batch, minimum=1)
     inputs = [model.origin.checkpoint_path, *inputs]
     check_output(output, inputs=inputs)
     progress(f"tracing {model.cfg.name} ({model.method}, {dtype}) with the dynamo exporter")

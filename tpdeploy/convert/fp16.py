@@ -16,10 +16,13 @@ protobuf to the deployment install. The pass is small and knows exactly the one 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tpdeploy.artifacts import onnx_file
 from tpdeploy.errors import UserError, one_line
 from tpdeploy.tokenpool import definition as tokenpool
 
@@ -44,9 +47,10 @@ def _constant_names(graph) -> set[str]:
     return {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
 
-def float32_islands(graph) -> set[int]:
+def float32_islands(graph, purpose: str = "convert to float16") -> set[int]:
     """Indices of the nodes that compute in float32: for each TokenPool node, the chain from its W input back
-    through the softmax to the logits MatMul, and the scaling/transposes of that MatMul's operands."""
+    through the softmax to the logits MatMul, and the scaling/transposes of that MatMul's operands. `purpose`
+    says in an error what could not be done."""
     producer, constants = _producers(graph), _constant_names(graph)
     island: set[int] = set()
 
@@ -71,7 +75,7 @@ def float32_islands(graph) -> set[int]:
             node = graph.node[i]
             if node.op_type not in ("Slice", "ReduceSum", "Softmax", "MatMul"):
                 raise UserError(
-                    f"cannot convert to float16: the significance of {pool.name} comes from a "
+                    f"cannot {purpose}: the significance of {pool.name} comes from a "
                     f"{node.op_type} node ({node.name}), not from an attention softmax"
                 )
             island.add(i)
@@ -173,6 +177,9 @@ def convert_to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     for value in list(graph.input) + list(graph.output):
         value.type.tensor_type.elem_type = HALF
     del graph.value_info[:]  # the float32 types of the original
+    recipe = onnx_file.read_recipe(model, "the float32 model")
+    if recipe is not None:  # the file says what it now is
+        onnx_file.write_recipe(model, dataclasses.replace(recipe, dtype="fp16"))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:

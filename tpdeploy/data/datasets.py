@@ -92,15 +92,28 @@ class Dataset:
         )
 
 
+def data_inputs(root: str | None, labels: str | None = None) -> list[str]:
+    """What `--data root --labels labels` makes a command read: the folder, the labels file (or the devkit folder and
+    its ground truth), and the devkit's meta.mat beside them; for the one rule on outputs (never over, into or
+    around an input)."""
+    found = [root, labels]
+    if labels and os.path.isdir(labels):
+        found += [os.path.join(labels, "data", DEVKIT_GROUND_TRUTH), os.path.join(labels, DEVKIT_GROUND_TRUTH)]
+    found += [os.path.join(os.path.dirname(os.path.abspath(f)), DEVKIT_META) for f in found[1:] if f]
+    return [f for f in found if f and os.path.exists(f)]
+
+
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def open_dataset(root: str, labels: str | None = None, num_classes: int | None = None) -> Dataset:
+def open_dataset(
+    root: str, labels: str | None = None, num_classes: int | None = None, option: str = "--data"
+) -> Dataset:
     """The images under `root` and their labels (see the module's docstring for the layouts). `num_classes` is the
-    model's: a layout that does not fit it is refused."""
+    model's: a layout that does not fit it is refused. `option` names `root` in the messages."""
     if not os.path.isdir(root):
-        raise UserError(f"--data {root}: not a folder")
+        raise UserError(f"{option} {root}: not a folder")
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     folders = [e for e in entries if os.path.isdir(os.path.join(root, e))]
     if labels is not None:
@@ -116,7 +129,7 @@ def open_dataset(root: str, labels: str | None = None, num_classes: int | None =
         _note_skipped(dataset, len(entries) - len(images), root)
     if not dataset.paths:
         raise UserError(
-            f"--data {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files"
+            f"{option} {root}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)} files"
             f"{' with a label' if labels else ''})"
         )
     if dataset.labels is not None and num_classes is not None and max(dataset.labels) >= num_classes:
@@ -220,21 +233,30 @@ def _read_file_label_csv(path: str, rows: list[list[str]]) -> dict[str, int]:
     first = rows[0][1].strip() if len(rows[0]) > 1 else "0"
     if not (first.isdigit() or SYNSET.fullmatch(first)):
         rows = rows[1:]
-    out = {}
+    out, rows_of = {}, {}
     for i, row in enumerate(rows, start=1):
         if len(row) < 2:
             raise UserError(f"{path}: row {i} is not `file,label`: {','.join(row)!r}")
+        _label_once(path, row[0].strip(), i, rows_of, "row")
         out[row[0].strip()] = _label_index(row[1], f"{path} row {i}")
     return out
 
 
+def _label_once(path: str, name: str, where: int, seen: dict[str, int], unit: str) -> None:
+    """A labels file that names an image twice contradicts itself (which label is right?): refused."""
+    if name in seen:
+        raise UserError(f"{path}: {name} is labelled twice ({unit}s {seen[name]} and {where}): which label is right?")
+    seen[name] = where
+
+
 def _read_solution_csv(path: str, rows: list[list[str]]) -> dict[str, int]:
     """Kaggle's LOC_val_solution.csv: ImageId (no extension), then synset and box, repeated per object."""
-    out = {}
+    out, lines_of = {}, {}
     for i, row in enumerate(rows, start=2):
         words = row[1].split() if len(row) > 1 else []
         if not words:
             raise UserError(f"{path}: line {i} has no PredictionString")
+        _label_once(path, row[0].strip(), i, lines_of, "line")
         out[row[0].strip()] = _label_index(words[0], f"{path} line {i}")
     return out
 

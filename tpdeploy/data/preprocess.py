@@ -64,8 +64,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
         raise UserError(f"cannot decode {img.format} image ({len(data)} bytes): {one_line(e)}") from None
 
 
-def resize_center_crop(img, config: DataConfig):
-    """The PIL image resized and cropped to config.input_size as timm's evaluation transform does."""
+def resize_center_crop(img, config: DataConfig, max_pixels: int = MAX_PIXELS):
+    """The PIL image resized and cropped to config.input_size as timm's evaluation transform does; UserError where
+    the resize would make more than `max_pixels` (a 1 x 40000 strip: its shorter side to 248 px is 2.5 gigapixels)."""
     Image = _pil()
     method = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[config.interpolation]
     size, resize = config.input_size, config.resize_size
@@ -76,6 +77,10 @@ def resize_center_crop(img, config: DataConfig):
         new_w, new_h = resize, int(resize * h / w)
     else:
         new_w, new_h = int(resize * w / h), resize
+    if new_w * new_h > max_pixels:
+        raise UserError(
+            f"image {w}x{h} would be resized to {new_w}x{new_h} pixels (at most {max_pixels}): too far from square"
+        )
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), method)
     left = int(round((new_w - size) / 2.0))
@@ -93,5 +98,5 @@ def preprocess_image(data: bytes, config: DataConfig, max_pixels: int = MAX_PIXE
     """Encoded image bytes -> float32 [3, S, S]: the model's input for one image."""
     if not isinstance(config, DataConfig):
         raise InvalidArgumentError(f"config must be a DataConfig (runner.data_config), got {type(config).__name__}")
-    img = resize_center_crop(decode_image(data, max_pixels), config)
+    img = resize_center_crop(decode_image(data, max_pixels), config, max_pixels)
     return normalize(np.asarray(img, dtype=np.float32) / 255.0, config)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 
 import torch
@@ -111,18 +113,36 @@ def read_state_dict(path: str) -> dict:
     stored: `checkpoint_filter` adapts it."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
+    safetensors = path.endswith(".safetensors")
+    if not safetensors and not _looks_like_torch_save(path):
+        raise UserError(
+            f"{path} is not a checkpoint: neither a torch.save file (a zip archive or a pickle) nor .safetensors"
+        )
     try:
-        if path.endswith(".safetensors"):
+        if safetensors:
             from safetensors.torch import load_file
 
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch.load's weights_only refusal: the file holds more than tensors
+        raise UserError(
+            f"checkpoint {path} holds objects other than tensors and containers; tpdeploy reads state dicts without "
+            f"running pickled code (weights_only): save the state dict alone, torch.save(model.state_dict(), path)"
+        ) from None
     except Exception as e:  # corrupt or foreign files raise many different types
         raise UserError(f"cannot read checkpoint {path}: {one_line(e)}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} holds no state dict of tensors")
     return state
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """torch.save writes a zip archive (PyTorch >= 1.6) or, in the legacy format, a pickle (protocol byte 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def checkpoint_filter(checkpoint: dict, cfg: ViTConfig, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -12,7 +12,6 @@ turns it back into a plan.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from tpdeploy import __version__
@@ -20,6 +19,7 @@ from tpdeploy.artifacts.recipe import Recipe, WeightsOrigin
 from tpdeploy.errors import InvalidArgumentError, UserError, check_int, check_number
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.registry import ViTConfig, get_config, parameter_count
+from tpdeploy.tokenpool.definition import INT32_MAX
 
 DEFAULT_ARCH = "deit_small"
 
@@ -35,7 +35,7 @@ class ModelPlan:
 
     def __post_init__(self):
         sched.check_method(self.method)
-        check_int("iterations", self.iterations, minimum=0)
+        check_int("iterations", self.iterations, minimum=0, maximum=INT32_MAX)
         object.__setattr__(self, "tokens", sched.validate(self.tokens, self.cfg.dims, self.method))
 
     @property
@@ -99,7 +99,7 @@ def resolve_plan(
     if sum(x is not None for x in (flops_ratio, preset, schedule)) > 1:
         raise InvalidArgumentError("give at most one of flops_ratio, preset and schedule")
     if iterations is not None:
-        iterations = check_int("iterations", iterations, minimum=0)
+        iterations = check_int("iterations", iterations, minimum=0, maximum=INT32_MAX)
     if flops_ratio is not None:
         flops_ratio = check_number("flops_ratio", flops_ratio, minimum=0.0, exclusive=True)
     if preset is not None:
@@ -113,10 +113,11 @@ def resolve_plan(
     sched.check_method(method)
     iterations = sched.DEFAULT_ITERATIONS if iterations is None else iterations
     cfg = get_config(arch or DEFAULT_ARCH)
-    if preset is not None:
-        tokens = p.tokens
-        if method == "grid":
-            tokens = tuple(math.isqrt(t) ** 2 for t in tokens)
+    if preset is not None:  # its schedule as it is: grid refuses one that is not square, as for --schedule
+        try:
+            return ModelPlan(cfg, p.tokens, method, iterations)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(f"preset {p.name} with method {method!r}: {e}") from None
     elif schedule is not None:
         tokens = schedule
     elif flops_ratio is not None:

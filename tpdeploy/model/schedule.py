@@ -12,10 +12,11 @@ import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from tpdeploy.errors import InvalidArgumentError, UserError, check_int
+from tpdeploy.tokenpool.definition import METHODS, method_op
 
-METHODS = ("wkmedoids", "kmedoids", "wkmeans", "kmeans", "topk", "grid", "none")
 DEFAULT_METHOD = "wkmedoids"
 DEFAULT_ITERATIONS = 3
 
@@ -43,17 +44,7 @@ class Preset:
     iterations: int
     tokens: tuple[int, ...]
     description: str
-
-
-def method_op(method: str) -> tuple[str, bool] | None:
-    """(TokenPool mode, weighted) of a clustering method; None for grid and none."""
-    return {
-        "wkmedoids": ("kmedoids", True),
-        "kmedoids": ("kmedoids", False),
-        "wkmeans": ("kmeans", True),
-        "kmeans": ("kmeans", False),
-        "topk": ("kmedoids", True),
-    }.get(method)
+    path: str | None = None  # the file it was read from (an input no command may write over)
 
 
 def check_method(method: str) -> None:
@@ -135,8 +126,15 @@ def solve(ratio: float, dims: ArchDims, method: str, iterations: int) -> tuple[i
     if not 0.0 < ratio <= 1.0:
         raise InvalidArgumentError(f"FLOPs ratio must be in (0, 1], got {ratio}")
     full = macs(dense(dims), dims, method, iterations)
-    floor = macs(_geometric(0.0, dims, method), dims, method, iterations) / full
+    fewest = _geometric(0.0, dims, method)
+    floor = macs(fewest, dims, method, iterations) / full
     if ratio < floor:
+        clustering = floor - macs(fewest, dims, method, 0) / full  # what the iterations themselves cost
+        if clustering > 0.05:
+            raise InvalidArgumentError(
+                f"{iterations} clustering iterations cost {clustering:.2f}x the dense model's MACs on their own, so "
+                f"no schedule reaches FLOPs ratio {ratio}: use fewer --iterations (default {DEFAULT_ITERATIONS})"
+            )
         raise InvalidArgumentError(f"FLOPs ratio {ratio} is below the smallest reachable ({floor:.3f}) for this model")
     lo, hi = 0.0, 1.0  # MACs grow with the rate: bisect for the largest rate within budget
     for _ in range(50):
@@ -148,30 +146,41 @@ def solve(ratio: float, dims: ArchDims, method: str, iterations: int) -> tuple[i
     return _geometric(lo, dims, method)
 
 
+def _preset_folder():
+    """models/, installed as tpdeploy.presets; or, where tpdeploy runs from a source tree it was not installed from
+    (the GPU check's fallback on a machine whose pip cannot install it), the tree's own models/."""
+    try:
+        return resources.files("tpdeploy.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "models"
+
+
 def presets() -> dict[str, Preset]:
     """The preset files shipped under models/ (installed as tpdeploy.presets)."""
     found = {}
-    for entry in resources.files("tpdeploy.presets").iterdir():
+    for entry in _preset_folder().iterdir():
         if entry.name.endswith(".toml"):
-            found[entry.name[:-5]] = _read_preset(entry.name[:-5], entry.read_text())
+            found[entry.name[:-5]] = _read_preset(entry.name[:-5], entry.read_text(), str(entry))
     return dict(sorted(found.items()))
 
 
 def load_preset(name_or_path: str) -> Preset:
     """A shipped preset by name, or a preset file by path."""
+    if not isinstance(name_or_path, str):
+        raise InvalidArgumentError(f"a preset is a name or a .toml path, got {name_or_path!r}")
     known = presets()
     if name_or_path in known:
         return known[name_or_path]
     if name_or_path.endswith(".toml"):
         try:
             with open(name_or_path, encoding="utf-8") as f:
-                return _read_preset(name_or_path, f.read())
+                return _read_preset(name_or_path, f.read(), name_or_path)
         except OSError as e:
             raise UserError(f"cannot read preset file {name_or_path}: {e.strerror}") from None
     raise UserError(f"unknown preset {name_or_path!r}; shipped presets: {', '.join(known)}")
 
 
-def _read_preset(name: str, text: str) -> Preset:
+def _read_preset(name: str, text: str, path: str | None = None) -> Preset:
     try:
         data = tomllib.loads(text)
         if not isinstance(data["tokens"], list) or not all(isinstance(t, int) for t in data["tokens"]):
@@ -183,6 +192,7 @@ def _read_preset(name: str, text: str) -> Preset:
             iterations=int(data.get("iterations", DEFAULT_ITERATIONS)),
             tokens=tuple(data["tokens"]),
             description=data.get("description", ""),
+            path=path,
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"preset {name} is not a valid preset file ({e})") from None

@@ -55,6 +55,8 @@ def load(
     check_choice("device", device, DEVICES)
     if threads is not None:
         check_int("threads", threads, minimum=1)
+    if not isinstance(spinning, bool):
+        raise InvalidArgumentError(f"spinning must be True or False, got {spinning!r}")
     if not os.path.isfile(path):
         raise UserError(f"model file not found: {path}")
     if backend != "trt" and file_format(path) != ONNX:

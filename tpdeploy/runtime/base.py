@@ -116,7 +116,15 @@ class Runner(abc.ABC):
             raise InvalidArgumentError(
                 f"batch {b} is outside this model's range [{self.min_batch}, {self.max_batch or 'any'}]"
             )
-        return np.ascontiguousarray(images, dtype=self.input_dtype)
+        with np.errstate(over="ignore"):  # an overflow is reported below, in one line
+            cast = np.ascontiguousarray(images, dtype=self.input_dtype)
+        if cast.dtype != images.dtype and not np.isfinite(cast).all() and np.isfinite(images).all():
+            largest = float(np.abs(images).max())
+            raise InvalidArgumentError(
+                f"images overflow the model's {self.input_dtype} input: values up to {largest:.3g}, "
+                f"{self.input_dtype} holds at most {float(np.finfo(self.input_dtype).max):.5g}"
+            )
+        return cast
 
     @abc.abstractmethod
     def _infer(self, images: np.ndarray) -> np.ndarray: ...

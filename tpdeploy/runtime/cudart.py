@@ -40,6 +40,22 @@ class DeviceBuffer:
             self.ptr = 0
 
 
+class CudaGraph:
+    """A captured graph and its executable instance (Stream.capture); `destroy` releases both."""
+
+    def __init__(self, graph, graph_exec):
+        self.graph, self.graph_exec = graph, graph_exec
+
+    def destroy(self) -> None:
+        rt = cudart()
+        if self.graph_exec is not None:
+            check(rt.cudaGraphExecDestroy(self.graph_exec))
+            self.graph_exec = None
+        if self.graph is not None:
+            check(rt.cudaGraphDestroy(self.graph))
+            self.graph = None
+
+
 class Stream:
     def __init__(self):
         self.handle = check(cudart().cudaStreamCreate())
@@ -63,18 +79,29 @@ class Stream:
     def synchronize(self) -> None:
         check(cudart().cudaStreamSynchronize(self.handle))
 
-    def capture(self, enqueue):
-        """A CUDA graph of what `enqueue()` puts on this stream, instantiated for replay with `launch_graph`."""
+    def capture(self, enqueue) -> CudaGraph:
+        """A CUDA graph of what `enqueue()` puts on this stream, instantiated for replay with `launch_graph`.
+        If `enqueue` raises, its error is the one raised: the capture is ended and cleaned up quietly (ending a
+        capture that an enqueue broke fails too, and that error would hide the cause)."""
         rt = cudart()
         check(rt.cudaStreamBeginCapture(self.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
             enqueue()
-        finally:
-            graph = check(rt.cudaStreamEndCapture(self.handle))
-        return check(rt.cudaGraphInstantiate(graph, 0))
+        except BaseException:
+            err, graph = rt.cudaStreamEndCapture(self.handle)
+            if int(err) == 0:
+                rt.cudaGraphDestroy(graph)
+            rt.cudaGetLastError()  # else the next caller that asks for the last error would get the capture's
+            raise
+        graph = check(rt.cudaStreamEndCapture(self.handle))
+        try:
+            return CudaGraph(graph, check(rt.cudaGraphInstantiate(graph, 0)))
+        except BaseException:
+            rt.cudaGraphDestroy(graph)
+            raise
 
-    def launch_graph(self, graph_exec) -> None:
-        check(cudart().cudaGraphLaunch(graph_exec, self.handle))
+    def launch_graph(self, graph: CudaGraph) -> None:
+        check(cudart().cudaGraphLaunch(graph.graph_exec, self.handle))
 
     def destroy(self):
         check(cudart().cudaStreamDestroy(self.handle))

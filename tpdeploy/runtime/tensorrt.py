@@ -12,11 +12,13 @@ import numpy as np
 
 from tpdeploy.artifacts.engine_file import check_compatible, read_sidecar
 from tpdeploy.artifacts.files import sha256
+from tpdeploy.artifacts.onnx_file import ModelSpec
 from tpdeploy.artifacts.plugins import PLUGINS
+from tpdeploy.artifacts.recipe import Recipe
 from tpdeploy.errors import DeviceError, InvalidArgumentError, UserError
 from tpdeploy.optional import lazy_import
 from tpdeploy.runtime.base import Backend, Capabilities, Runner
-from tpdeploy.runtime.cudart import DeviceBuffer, Stream, check, cudart, device_properties
+from tpdeploy.runtime.cudart import CudaGraph, DeviceBuffer, Stream, cudart, device_properties
 from tpdeploy.tokenpool.libraries import find_plugin
 
 MIN_TENSORRT = (10, 7)  # IPluginV3 preferred over a model-local function of the same name: TensorRT >= 10.7
@@ -59,6 +61,28 @@ def logger():
     return _state["logger"]
 
 
+def set_input_shape(engine, context, name: str, shape: tuple[int, ...]) -> None:
+    """context.set_input_shape, checked: TensorRT answers False, and runs nothing, for a shape outside the
+    engine's optimization profile (or one it refuses for another reason, in its log)."""
+    if context.set_input_shape(name, shape):
+        return
+    low, _, high = (tuple(dims) for dims in engine.get_tensor_profile_shape(name, context.active_optimization_profile))
+    if len(shape) != len(low) or not all(lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+        raise InvalidArgumentError(
+            f"input {name!r} of shape {list(shape)} is outside the engine's profile {list(low)} to {list(high)}"
+        )
+    raise DeviceError(
+        f"TensorRT refused the input shape {list(shape)} for {name!r} within its profile {list(low)} to "
+        f"{list(high)} (see TensorRT's messages above)"
+    )
+
+
+def set_tensor_address(context, name: str, ptr: int) -> None:
+    """context.set_tensor_address, checked: False for an unknown tensor or a misaligned pointer."""
+    if not context.set_tensor_address(name, ptr):
+        raise InvalidArgumentError(f"TensorRT refused the device pointer {ptr:#x} for {name!r} (misaligned?)")
+
+
 def strongly_typed_flags(trt) -> int:
     """create_network flags: TensorRT >= 11 networks are always strongly typed (the flag is gone)."""
     if int(trt.__version__.split(".")[0]) >= 11:
@@ -76,16 +100,24 @@ class _Worker:
         self.stream = Stream()
         self.input = DeviceBuffer(runner.max_batch * runner.sample_bytes)
         self.output = DeviceBuffer(runner.max_batch * runner.num_classes * runner.input_dtype.itemsize)
-        self.context.set_tensor_address(runner.spec.input.name, self.input.ptr)
-        self.context.set_tensor_address(runner.spec.output.name, self.output.ptr)
-        self.graphs: dict[int, object] = {}
+        self.own_addresses(runner)
+        self.graphs: dict[int, CudaGraph] = {}  # by batch size (timed_call)
 
-    def enqueue(self, runner: TensorRTRunner, batch: int) -> None:
-        self.context.set_input_shape(runner.spec.input.name, (batch, 3, runner.image_size, runner.image_size))
-        if not self.context.execute_async_v3(self.stream.handle):
+    def own_addresses(self, runner: TensorRTRunner) -> None:
+        set_tensor_address(self.context, runner.spec.input.name, self.input.ptr)
+        set_tensor_address(self.context, runner.spec.output.name, self.output.ptr)
+
+    def enqueue(self, runner: TensorRTRunner, batch: int, stream: int | None = None) -> None:
+        shape = (batch, 3, runner.image_size, runner.image_size)
+        set_input_shape(runner.engine, self.context, runner.spec.input.name, shape)
+        if not self.context.execute_async_v3(self.stream.handle if stream is None else stream):
             raise DeviceError("TensorRT failed to enqueue the engine (see TensorRT's messages above)")
 
     def close(self):
+        """Releases the captured graphs (instances and graphs), the buffers and the stream."""
+        for graph in self.graphs.values():
+            graph.destroy()
+        self.graphs.clear()
         for buf in (self.input, self.output):
             buf.free()
         self.stream.destroy()
@@ -100,7 +132,6 @@ class TensorRTRunner(Runner):
         sidecar = read_sidecar(path)
         trt = import_tensorrt()
         cudart()  # fail early, with what to install, when cuda-bindings is missing
-        self.spec, self.recipe = sidecar.spec, sidecar.recipe
         library = find_plugin(plugin, beside=path) if sidecar.plugin_sha256 else None
         _, cc = device_properties()
         check_compatible(sidecar, trt.__version__, cc, library and sha256(library))
@@ -109,12 +140,18 @@ class TensorRTRunner(Runner):
         with open(path, "rb") as f:
             data = f.read()
         self._trt_runtime = trt.Runtime(logger())
-        self.engine = self._trt_runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
+        engine = self._trt_runtime.deserialize_cuda_engine(data)
+        if engine is None:
             raise DeviceError(f"TensorRT cannot deserialize {path} (see its messages above)")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        if sorted(names) != sorted([self.spec.input.name, self.spec.output.name]):
+        self._serve(engine, sidecar.spec, sidecar.recipe, path)
+
+    def _serve(self, engine, spec: ModelSpec, recipe: Recipe | None, path: str) -> None:
+        """Serves a deserialized engine whose tensors must be those its sidecar describes (`spec`): the part of
+        loading that calls no TensorRT function of the module."""
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        if sorted(names) != sorted([spec.input.name, spec.output.name]):
             raise UserError(f"{path}: the engine's tensors {names} are not the ones its sidecar describes")
+        self.engine, self.spec, self.recipe = engine, spec, recipe
         self.sample_bytes = 3 * self.image_size**2 * self.input_dtype.itemsize
         self._local = threading.local()
         self._workers: list[_Worker] = []
@@ -144,15 +181,12 @@ class TensorRTRunner(Runner):
                 f"batch {batch} is outside this engine's profile [{self.min_batch}, {self.max_batch}]"
             )
         w = self._worker()
-        name_in, name_out = self.spec.input.name, self.spec.output.name
-        w.context.set_tensor_address(name_in, input_ptr)
-        w.context.set_tensor_address(name_out, output_ptr)
-        w.context.set_input_shape(name_in, (batch, 3, self.image_size, self.image_size))
-        ok = w.context.execute_async_v3(stream)
-        w.context.set_tensor_address(name_in, w.input.ptr)
-        w.context.set_tensor_address(name_out, w.output.ptr)
-        if not ok:
-            raise DeviceError("TensorRT failed to enqueue the engine (see TensorRT's messages above)")
+        try:
+            set_tensor_address(w.context, self.spec.input.name, input_ptr)
+            set_tensor_address(w.context, self.spec.output.name, output_ptr)
+            w.enqueue(self, batch, stream)
+        finally:  # the thread's next inference uses its own buffers, whatever happened here
+            w.own_addresses(self)
 
     def timed_call(self, images: np.ndarray, cuda_graph: bool = True, include_transfers: bool = False):
         """A callable for `bench`: one inference, synchronized. Without transfers the images stay on the device
@@ -186,8 +220,6 @@ class TensorRTRunner(Runner):
 
     def close(self):
         with self._lock:
-            for worker in self._workers:
-                for graph in worker.graphs.values():
-                    check(cudart().cudaGraphExecDestroy(graph))
-                worker.close()
-            self._workers.clear()
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close()

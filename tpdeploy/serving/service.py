@@ -57,6 +57,7 @@ STUB_MODEL = os.path.join(os.path.dirname(__file__), "triton_stub", "tpdeploy_mo
 # PyTriton protects these Triton endpoints with a token it generates; statistics stay readable, as in Triton
 PROTECTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
 READY_POLL_S = 0.05
+SERVING_NEEDS = ("PIL.Image", "tritonclient.http", "tritonclient.grpc")
 
 
 def _quiet(msg: str) -> None:
@@ -168,6 +169,8 @@ class TritonService:
     def _start(self) -> None:
         s = self.settings
         triton_mod, mc, Workspace = pytriton_glue.pytriton()
+        for module in SERVING_NEEDS:  # all of the serve extra, before anything starts (Pillow: the classify model)
+            lazy_import(module, "serving")
         for what, port in s.ports:
             check_port_free(s.host, port, what)
         if self.runner is None:

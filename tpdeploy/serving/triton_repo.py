@@ -22,11 +22,12 @@ import tempfile
 from dataclasses import dataclass, field
 
 from tpdeploy.artifacts.engine_file import read_sidecar
-from tpdeploy.artifacts.files import sha256, user_mode
+from tpdeploy.artifacts.files import check_apart_from_inputs, check_output_folder, make_folder, sha256, user_mode
 from tpdeploy.artifacts.formats import ONNX, file_format
+from tpdeploy.artifacts.inputs import model_inputs
 from tpdeploy.artifacts.onnx_file import ModelSpec as FileSpec
 from tpdeploy.artifacts.onnx_file import OnnxFile
-from tpdeploy.errors import UserError
+from tpdeploy.errors import InvalidArgumentError, UserError
 from tpdeploy.optional import lazy_import
 from tpdeploy.serving import triton_config
 from tpdeploy.tokenpool.libraries import PLUGIN_LIBRARY, find_plugin
@@ -213,7 +214,15 @@ def write_repository(
 ) -> RepositoryReport:
     """Write `<repository>/<name>/` for `model_path` (.onnx -> onnxruntime_onnx, engine -> tensorrt_plan)."""
     triton_config.check_batching(max_batch, instances, max_queue_delay_us)
+    for what, value in (("model_path", model_path), ("repository", repository)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise InvalidArgumentError(f"{what} must be a path, got {value!r}")
+    model_path, repository = os.fspath(model_path), os.fspath(repository)
     name = triton_config.model_name(model_path, name)
+    inputs = model_inputs(model_path) + [plugin]
+    final = os.path.join(repository, name)
+    check_output_folder(repository, inputs, what="repository")
+    check_apart_from_inputs(final, inputs, what="model folder")
 
     external = []
     if file_format(model_path) == ONNX:
@@ -246,11 +255,7 @@ def write_repository(
     mc, text_format = _mc()
     text_format.Parse(text, mc.ModelConfig())  # what Triton will read must parse
 
-    try:
-        os.makedirs(repository, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create repository {repository}: {e.strerror or e}") from None
-    final = os.path.join(repository, name)
+    make_folder(repository)
     if os.path.exists(final) and not overwrite:
         raise UserError(f"{final} already exists (pass --overwrite to replace it)")
     plugin_dst = os.path.abspath(os.path.join(final, PLUGIN_NAME)) if plugin_src else None
@@ -283,11 +288,13 @@ def write_repository(
             os.rmdir(old)
             os.rename(final, old)
         os.rename(tmp, final)
-    except OSError as e:
+    except BaseException as e:  # an error, Ctrl+C or SIGTERM between the two renames: the old entry comes back
         if old and not os.path.exists(final):
             os.rename(old, final)
             old = None
-        raise UserError(f"cannot write {final}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {final}: {e.strerror or e}") from None
+        raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

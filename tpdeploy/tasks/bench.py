@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tpdeploy.errors import InvalidArgumentError, check_int, check_number
+from tpdeploy.errors import InvalidArgumentError, UserError, check_int, check_number
 
 PERCENTILES = (90, 95, 99)
 DEFAULT_WARMUP_MS = 500.0
@@ -188,6 +188,12 @@ def bench(
     progress=lambda msg: None,
 ) -> BenchReport:
     """Time `runners` on `images`, interleaved round by round (see `measure`)."""
+    sizes = {name: r.image_size for name, r in zip(names, runners)}
+    if len(set(sizes.values())) > 1:
+        raise UserError(
+            "models timed together must take the same images: "
+            + ", ".join(f"{name} takes {size} px" for name, size in sizes.items())
+        )
     calls = [r.timed_call(images, cuda_graph, include_transfers) for r in runners]
     times = measure(calls, warmup_ms, iterations, duration_s, progress)
     batch = images.shape[0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tpdeploy.data.datasets import DEFAULT_WORKERS, Dataset, decoded_batches, open_dataset
-from tpdeploy.errors import UserError, check_int
+from tpdeploy.errors import InvalidArgumentError, UserError, check_int
 
 TOP_K = 5
 
@@ -170,6 +170,10 @@ def evaluate(
         raise UserError("no model to evaluate")
     batch, workers = check_batch(runners, batch), check_int("workers", workers, minimum=1)
     names = names or [r.describe() for r in runners]
+    classes = min(r.num_classes for r in runners)
+    if dataset.labels is not None and not all(0 <= label < classes for label in dataset.labels):
+        wrong = next(label for label in dataset.labels if not 0 <= label < classes)
+        raise InvalidArgumentError(f"label {wrong} of {dataset.root} is not a class of a model with {classes} classes")
     configs = list(dict.fromkeys(r.data_config for r in runners))  # decode once, preprocess once per config
     which = [configs.index(r.data_config) for r in runners]
     predictions = [[] for _ in runners]

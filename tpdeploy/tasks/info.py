@@ -40,7 +40,10 @@ def _recipe_fields(recipe: Recipe | None) -> dict:
     d["tokens"] = list(recipe.tokens)
     d["data_config"] = recipe.data_config.describe()
     d["weights"] = recipe.weights
-    return d
+    quantization = recipe.quantization.describe() if recipe.quantization else "none (float weights and activations)"
+    del d["quantization"]
+    at = list(d).index("dtype") + 1  # dtype is the I/O dtype: what is inside follows it
+    return dict([*list(d.items())[:at], ("quantization", quantization), *list(d.items())[at:]])
 
 
 def describe_file(path: str) -> FileInfo:

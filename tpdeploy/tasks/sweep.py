@@ -6,6 +6,9 @@ the dense model). Writes OUT_DIR/results.csv, results.json and sweep.png (top-1 
 latency relative to dense, one line per method). Each finished point is saved at once, so an interrupted
 sweep picks up where it stopped; a sweep of another configuration in the same folder is refused.
 
+With --precisions fp32,int8 every point is also quantized (`tpdeploy quantize`: int8 for onnxruntime,
+calibrated on --calib or the built-in structured images) and measured the same way, against dense fp32.
+
 Without --data the images are generated (`tpdeploy.data.samples.sample_rgb_images`, GENERATED_IMAGES of them
 unless --limit says otherwise, saved as PNG files in OUT_DIR/images) and the accuracy is the agreement with
 dense.
@@ -23,16 +26,20 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tpdeploy import runtime
-from tpdeploy.artifacts.files import atomic_output, write_text
+from tpdeploy.artifacts.files import atomic_output, check_output_folder, make_folder, write_text
+from tpdeploy.convert.quantize import quantize
 from tpdeploy.data import datasets
 from tpdeploy.data.samples import sample_images, sample_rgb_images
 from tpdeploy.errors import InvalidArgumentError, UserError, check_choice, check_int, check_number
 from tpdeploy.model import schedule as sched
+from tpdeploy.model.registry import get_config
 from tpdeploy.optional import lazy_import
 from tpdeploy.tasks import bench, evaluate
 
 BACKENDS = ("ort", "torch")
 DENSE = "none"
+FP32 = "fp32"
+PRECISIONS = (FP32, "int8")
 GENERATED = "generated"
 RESULTS_JSON, RESULTS_CSV, FIGURE, DENSE_PREDICTIONS = "results.json", "results.csv", "sweep.png", "dense_top1.npy"
 FIGURE_INCHES, FIGURE_DPI = (11.0, 4.2), 100
@@ -61,14 +68,15 @@ class Point:
     top1_se: float | None
     agreement: float  # top-1 agreement with the dense model
     agreement_se: float
+    precision: str = FP32  # "int8": the file `tpdeploy quantize` makes of this point (results before it: fp32)
 
     @property
-    def key(self) -> tuple[str, float | None]:
-        return self.method, self.ratio
+    def key(self) -> tuple:
+        return point_key(self.method, self.ratio, self.precision)
 
     @property
     def label(self) -> str:
-        return point_label(self.method, self.ratio)
+        return point_label(self.method, self.ratio, self.precision)
 
     @property
     def relative_latency(self) -> float:
@@ -80,13 +88,21 @@ class Point:
         return (self.top1, self.top1_se) if self.top1 is not None else (self.agreement, self.agreement_se)
 
 
-def point_label(method: str, ratio: float | None) -> str:
-    return "dense" if method == DENSE else f"{method} {ratio:g}x"
+def point_key(method: str, ratio: float | None, precision: str = FP32) -> tuple:
+    """(method, ratio), and the precision after them for a quantized point: fp32 keys are those of every sweep
+    before --precisions."""
+    return (method, ratio) if precision == FP32 else (method, ratio, precision)
+
+
+def point_label(method: str, ratio: float | None, precision: str = FP32) -> str:
+    name = "dense" if method == DENSE else f"{method} {ratio:g}x"
+    return name if precision == FP32 else f"{name} {precision}"
 
 
 CSV_COLUMNS = (
     "method",
     "ratio",
+    "precision",
     "flops_ratio",
     "gmacs",
     "latency_ms",
@@ -128,8 +144,13 @@ class SweepPlan:
     threads: int | None = None
     duration_s: float = DEFAULT_DURATION_S
     warmup_ms: float = DEFAULT_WARMUP_MS
+    precisions: tuple[str, ...] = (FP32,)
+    calib: str | None = None  # calibration images of the int8 points (None: the built-in ones)
 
     def __post_init__(self):
+        for what in ("methods", "ratios"):
+            if isinstance(getattr(self, what), (str, bytes)) or not isinstance(getattr(self, what), (list, tuple)):
+                raise InvalidArgumentError(f"{what} must be a list, got {getattr(self, what)!r}")
         for m in self.methods:
             check_choice("method", m, [m for m in sched.METHODS if m != DENSE])
         for r in self.ratios:
@@ -144,9 +165,14 @@ class SweepPlan:
             check_int("limit", self.limit, minimum=1)
         if self.labels and not self.data:
             raise UserError("--labels needs --data")
+        for p in self.precisions:
+            check_choice("precision", p, PRECISIONS)
+        if self.precisions != (FP32,) and self.backend != "ort":
+            raise UserError("--precisions other than fp32 need --backend ort (quantized files run on onnxruntime)")
 
-    def points(self) -> list[tuple[str, float | None]]:
-        return [(DENSE, None)] + [(m, r) for m in self.methods for r in self.ratios]
+    def points(self) -> list[tuple]:
+        models = [(DENSE, None)] + [(m, r) for m in self.methods for r in self.ratios]
+        return [point_key(m, r, p) for m, r in models for p in self.precisions]  # a model's fp32 point first
 
 
 def _configuration(plan: SweepPlan, dense_model) -> dict:
@@ -160,6 +186,7 @@ def _configuration(plan: SweepPlan, dense_model) -> dict:
         "backend": plan.backend,
         "batch": plan.batch,
         "threads": plan.threads,
+        "calib": os.path.abspath(plan.calib) if plan.calib else None,  # of the int8 points
     }
 
 
@@ -211,7 +238,7 @@ def _generated_dataset(out_dir: str, count: int) -> datasets.Dataset:
     """`count` structured images as PNG files in OUT_DIR/images (made once; the same on every resume)."""
     Image = lazy_import("PIL.Image", "generating the sweep's images")
     folder = os.path.join(out_dir, "images")
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     for i in range(count):
         path = os.path.join(folder, f"{i:05d}.png")
         if not os.path.exists(path):
@@ -224,11 +251,14 @@ class Sweep:
     """One sweep's folder: the points measured so far, and the ones the plan still asks for."""
 
     def __init__(self, plan: SweepPlan, progress=lambda msg: None):
-        if os.path.exists(plan.out_dir) and not os.path.isdir(plan.out_dir):
-            raise UserError(f"-o {plan.out_dir} is a file, not a folder")
+        inputs = [plan.checkpoint, *datasets.data_inputs(plan.data, plan.labels), *datasets.data_inputs(plan.calib)]
+        check_output_folder(plan.out_dir, inputs, what="-o folder")
         self.plan, self.progress = plan, progress
+        # the data before anything is built or written: a folder that cannot be evaluated leaves nothing behind
+        self.data = plan.data and datasets.open_dataset(plan.data, plan.labels, get_config(plan.arch).num_classes)
+        self.exported = None  # the (method, ratio) whose fp32 file is in the export folder, for its int8 point
         self.dense_model = self._model(DENSE, None)
-        for method, ratio in plan.points()[1:]:  # every schedule is solved before the long work starts
+        for method, ratio in ((m, r) for m in plan.methods for r in plan.ratios):  # solved before the long work
             try:
                 sched.solve(ratio, self.dense_model.cfg.dims, method, sched.DEFAULT_ITERATIONS)
             except UserError as e:
@@ -246,27 +276,35 @@ class Sweep:
         )
 
     @property
-    def todo(self) -> list[tuple[str, float | None]]:
+    def todo(self) -> list[tuple]:
         done = {p.key for p in self.points}
         return [k for k in self.plan.points() if k not in done]
 
-    def _runner(self, model, folder: str):
-        """The model on the sweep's backend: for onnxruntime an export, loaded with spinning off (it takes turns
-        with the dense model) and then removed."""
+    def _runner(self, model, folder: str, key: tuple = (DENSE, None), precision: str = FP32):
+        """The model on the sweep's backend: for onnxruntime an export (kept for the model's int8 point, which is
+        quantized from it), loaded with spinning off (it takes turns with the dense model)."""
         if self.plan.backend == "torch":
             return lazy_import("tpdeploy.runtime.pytorch", "the torch backend").TorchRunner(model)
         path = os.path.join(folder, "model.onnx")
-        lazy_import("tpdeploy.convert.export", "sweep").export(
-            model, path, progress=lambda msg: self.progress(f"    {msg}")
-        )
+        if self.exported != key:
+            lazy_import("tpdeploy.convert.export", "sweep").export(
+                model, path, progress=lambda msg: self.progress(f"    {msg}")
+            )
+            self.exported = key
+        if precision != FP32:
+            quantized = os.path.join(folder, f"model_{precision}.onnx")
+            report = quantize(path, quantized, calib=self.plan.calib, precision=precision)
+            self.progress(f"    quantized: {report.quantization.describe()}")
+            path = quantized
         runner = runtime.load(path, backend="ort", threads=self.plan.threads, spinning=False)
-        os.unlink(path)
+        if precision != FP32:
+            os.unlink(path)
         return runner
 
     def _dataset(self) -> datasets.Dataset:
         plan = self.plan
-        if plan.data:
-            dataset = datasets.open_dataset(plan.data, plan.labels, self.dense_model.cfg.num_classes)
+        if self.data:
+            dataset = self.data
         else:
             dataset = _generated_dataset(plan.out_dir, plan.limit or GENERATED_IMAGES)
         return dataset.subset(plan.limit) if plan.limit else dataset
@@ -277,7 +315,7 @@ class Sweep:
         self.progress(f"{len(plan.points()) - len(todo)} of {len(plan.points())} points already in {plan.out_dir}")
         if not todo:
             return
-        os.makedirs(plan.out_dir, exist_ok=True)
+        make_folder(plan.out_dir)
         if plan.threads and plan.backend == "torch":
             lazy_import("torch", "the torch backend").set_num_threads(plan.threads)
         dataset = self._dataset()
@@ -294,15 +332,17 @@ class Sweep:
         with tempfile.TemporaryDirectory(prefix=".export-", dir=plan.out_dir) as folder:
             self.progress(f"dense {self.dense_model.cfg.name} on {plan.backend}")
             dense = self._runner(self.dense_model, folder)
-            for n, (method, ratio) in enumerate(todo, start=1):
+            for n, (method, ratio, *quantized) in enumerate(todo, start=1):
+                precision = quantized[0] if quantized else FP32
                 model = self.dense_model if method == DENSE else self._model(method, ratio)
-                name = point_label(method, ratio)
+                name = point_label(method, ratio, precision)
                 self.progress(f"point {n}/{len(todo)}: {name} ({model.macs / 1e9:.2f} GMACs)")
-                runner = dense if method == DENSE else self._runner(model, folder)
+                fp32_dense = method == DENSE and precision == FP32
+                runner = dense if fp32_dense else self._runner(model, folder, (method, ratio), precision)
                 result = evaluate.evaluate(
                     [runner], dataset, plan.batch, plan.workers, progress=progress_bar(f"  {name}")
                 ).models[0]
-                if method == DENSE:
+                if fp32_dense:
                     dense_top1 = result.predictions
                     with atomic_output(dense_path) as tmp, open(tmp, "wb") as f:
                         np.save(f, dense_top1)
@@ -312,9 +352,9 @@ class Sweep:
                         f"{RESULTS_JSON} to start again"
                     )
                 agreement = evaluate.Proportion(int((result.predictions == dense_top1).sum()), len(dense_top1))
-                calls = [lambda r=r: r.infer(timing_images) for r in ([dense] if method == DENSE else [runner, dense])]
+                calls = [lambda r=r: r.infer(timing_images) for r in ([dense] if fp32_dense else [runner, dense])]
                 self.progress(
-                    f"  timing {'alone' if method == DENSE else 'interleaved with dense'} for "
+                    f"  timing {'alone' if fp32_dense else 'interleaved with dense'} for "
                     f"{plan.duration_s:g} s and {MIN_TIMING_ROUNDS} rounds at least, batch {plan.batch}"
                 )
                 stats = [
@@ -338,6 +378,7 @@ class Sweep:
                     top1 and top1.stderr,
                     agreement.value,
                     agreement.stderr,
+                    precision,
                 )
                 self.points.append(point)
                 _save_results(plan.out_dir, self.config, self.points)
@@ -382,29 +423,30 @@ def draw(out_dir: str, points: list[Point], title: str) -> str:
     axes = fig.subplots(1, 2, sharey=True)
     labelled = all(p.top1 is not None for p in points)
     dense = [p for p in points if p.method == DENSE]
-    for method in dict.fromkeys(p.method for p in points if p.method != DENSE):
-        line = sorted((p for p in points if p.method == method), key=lambda p: p.gmacs)
+    for method, precision in dict.fromkeys((p.method, p.precision) for p in points if p.method != DENSE):
+        line = sorted((p for p in points if (p.method, p.precision) == (method, precision)), key=lambda p: p.gmacs)
         for ax, x in zip(axes, ([p.gmacs for p in line], [p.relative_latency for p in line])):
             ax.errorbar(
                 x,
                 [100 * p.accuracy[0] for p in line],
                 yerr=[100 * p.accuracy[1] for p in line],
                 marker="o",
+                linestyle="-" if precision == FP32 else "--",  # quantized points: dashed
                 capsize=3,
-                label=method,
+                label=method if precision == FP32 else f"{method} {precision}",
             )
     for p in dense:
-        for ax, x in zip(axes, (p.gmacs, 1.0)):
+        for ax, x in zip(axes, (p.gmacs, p.relative_latency)):
             ax.errorbar(
                 [x],
                 [100 * p.accuracy[0]],
                 yerr=[100 * p.accuracy[1]],
-                marker="*",
-                markersize=14,
+                marker="*" if p.precision == FP32 else "P",
+                markersize=14 if p.precision == FP32 else 10,
                 color="black",
                 linestyle="none",
                 capsize=3,
-                label=f"dense ({p.gmacs:.2f} GMACs, {p.latency_ms:.1f} ms per batch)",
+                label=f"{p.label} ({p.gmacs:.2f} GMACs, {p.latency_ms:.1f} ms per batch)",
             )
     axes[0].set_xlabel("GMACs per image")
     axes[1].set_xlabel("latency / dense latency (medians, timed interleaved)")
@@ -431,14 +473,14 @@ def _title(config: dict, points: list[Point]) -> str:
 def format_points(points: list[Point]) -> str:
     labelled = all(p.top1 is not None for p in points)
     head = (
-        f"{'point':<18}{'GMACs':>7}{'FLOPs':>7}{'latency ms':>12}{'vs dense':>10}{'samples':>9}"
+        f"{'point':<22}{'GMACs':>7}{'FLOPs':>7}{'latency ms':>12}{'vs dense':>10}{'samples':>9}"
         f"{'top-1 %' if labelled else 'agree %':>10}{'± s.e.':>8}{'images':>8}"
     )
     lines = [head, "-" * len(head)]
     for p in points:
         acc, se = p.accuracy
         lines.append(
-            f"{p.label:<18}{p.gmacs:>7.2f}{p.flops_ratio:>7.2f}{p.latency_ms:>12.2f}"
+            f"{p.label:<22}{p.gmacs:>7.2f}{p.flops_ratio:>7.2f}{p.latency_ms:>12.2f}"
             f"{p.relative_latency:>10.2f}{p.latency_samples:>9}{100 * acc:>10.2f}{100 * se:>8.2f}"
             f"{p.images:>8}"
         )

@@ -19,6 +19,24 @@ ATTRIBUTES = ("num_clusters", "iterations", "mode", "weighted", "plugin_version"
 # kINT32 and STRING as kCHAR)
 PLUGIN_FIELDS = {"num_clusters": "INT", "iterations": "INT", "mode": "STRING", "weighted": "INT"}
 FLT_MAX = 3.4028234663852886e38
+INT32_MAX = 2**31 - 1  # the kernels' and the plugin's fields are 32-bit
+
+# The model's pooling methods: the clustering ones and top-K are TokenPool nodes (mode, weighted; top-K is 0
+# iterations), grid is a fixed average over the patch grid, none the dense model.
+METHODS = ("wkmedoids", "kmedoids", "wkmeans", "kmeans", "topk", "grid", "none")
+_METHOD_OPS = {
+    "wkmedoids": ("kmedoids", True),
+    "kmedoids": ("kmedoids", False),
+    "wkmeans": ("kmeans", True),
+    "kmeans": ("kmeans", False),
+    "topk": ("kmedoids", True),
+}
+
+
+def method_op(method: str) -> tuple[str, bool] | None:
+    """(TokenPool mode, weighted) of a pooling method; None for the methods without a TokenPool node (grid, none)."""
+    return _METHOD_OPS.get(method)
+
 
 # the CUDA kernels' limits (plugins/tokenpool/tokenPoolKernel.h); beyond them PyTorch uses the reference
 KERNEL_MAX_TOKENS = 1024  # N: one token per thread of the per-image kernels
@@ -28,8 +46,8 @@ KERNEL_MAX_BATCH = 65535  # B: the grid's y dimension
 
 def check_attributes(num_clusters, iterations, mode, weighted) -> tuple[int, int, str, bool]:
     """The attributes, validated (K >= 1 here; K <= N is checked against the input)."""
-    k = check_int("num_clusters", num_clusters, minimum=1)
-    t = check_int("iterations", iterations, minimum=0)
+    k = check_int("num_clusters", num_clusters, minimum=1, maximum=INT32_MAX)
+    t = check_int("iterations", iterations, minimum=0, maximum=INT32_MAX)
     check_choice("mode", mode, MODES)
     if not isinstance(weighted, (bool, int)) or weighted not in (0, 1):
         raise InvalidArgumentError(f"weighted must be True or False, got {weighted!r}")

@@ -1,9 +1,12 @@
 """`tpdeploy::TokenPool` as an ONNX node and a model-local ONNX function of standard ops.
 
-The function body follows `tpdeploy.tokenpool.reference.reference_token_pool` step for step (same formulas, same order
-of float32 operations, same tie rules), so stock onnxruntime runs exported models with no extra
-library and picks the same tokens as PyTorch. TensorRT >= 10.7 prefers a registered plugin of the same
-name, version and namespace over the function.
+The function body follows `tpdeploy.tokenpool.reference.reference_token_pool` (same formulas, same float32
+operations, same tie rules), so stock onnxruntime runs exported models with no extra library and picks the same
+tokens as PyTorch. It is written for one mode and iteration count (the nodes' attributes; a model pools with one
+method): the iterations are unrolled, each one after the first behind an If that skips it at a fixed point (the
+reference's early exit, worth a whole iteration on typical inputs); `inline_functions` gives TensorRT the body
+without the Ifs. TensorRT >= 10.7 prefers a registered plugin of the same name, version and namespace over the
+function.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tpdeploy.errors import InvalidArgumentError, check_choice
+from tpdeploy.errors import InvalidArgumentError, check_choice, check_int
 from tpdeploy.tokenpool.definition import ATTRIBUTES, DOMAIN, FLT_MAX, MODES, OP_TYPE, VERSION
 
 MIN_OPSET = 18  # ScatterElements with min/max reduction
@@ -74,187 +77,162 @@ class _Builder:
         self.nodes.append(node)
         return node.output[0]
 
-    def any_changed(self, new: str, old: str) -> str:
-        """Loop condition: does any element differ?"""
-        differs = self.op("Cast", self.op("Not", self.op("Equal", new, old)), to=TensorProto.INT32)
-        return self.op("Cast", self.op("ReduceMax", differs, keepdims=0), to=TensorProto.BOOL, hint="changed")
+    def filled(self, value: float, shape: str) -> str:
+        """A float32 tensor of `shape` holding `value` (ConstantOfShape, which onnxruntime leaves as it is where
+        it would rewrite an Expand of a constant and warn that subgraphs read it)."""
+        return self.op("ConstantOfShape", shape, value=helper.make_tensor("value", TensorProto.FLOAT, [1], [value]))
 
     def clamp_distance(self, d: str) -> str:
-        """NaN and +Inf -> FLT_MAX, negatives -> 0 (as op._clamp_finite_)."""
+        """NaN and +Inf -> FLT_MAX, negatives -> 0 (as reference._clamp_finite_)."""
         fmax = self.const(FLT_MAX)
         return self.op("Max", self.op("Where", self.op("Less", d, fmax), d, fmax), self.const(0.0))
 
-
-def _graph(b: _Builder, name: str, inputs, outputs) -> onnx.GraphProto:
-    return helper.make_graph(b.nodes, name, inputs, outputs)
-
-
-def _loop_io(state: str, elem, shape_len: int):
-    """Loop body signature: (iteration, condition, state) -> (condition, state)."""
-    return [
-        helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-        helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-        helper.make_tensor_value_info(state, elem, [None] * shape_len),
-    ]
+    def any_changed(self, new: str, old: str) -> str:
+        differs = self.op("Cast", self.op("Not", self.op("Equal", new, old)), to=TensorProto.INT32)
+        return self.op("Cast", self.op("ReduceMax", differs, keepdims=0), to=TensorProto.BOOL, hint="changed")
 
 
-def function_proto(opset: int, mode: str) -> onnx.FunctionProto:
-    """The model-local function `tpdeploy::TokenPool(X, W) -> Y` for a model of the given ai.onnx opset.
+def _iterate(b: _Builder, step, state: str, iterations: int, early_exit: bool, fingerprint: str | None = None) -> str:
+    """`iterations` (>= 1) times `state, fingerprint = step(builder, state)`. With `early_exit`, each time after the
+    first whose fingerprint can be compared with the one before runs inside an If on whether it changed: a step
+    whose fingerprint equals the previous one's left the state at a fixed point, so onnxruntime skips the rest."""
+    new, new_fingerprint = step(b, state)
+    if iterations == 1:
+        return new
+    if not early_exit or fingerprint is None:
+        return _iterate(b, step, new, iterations - 1, early_exit, new_fingerprint)
+    more, done = b.sub(), b.sub()
+    more_y = _iterate(more, step, new, iterations - 1, early_exit, new_fingerprint)
+    done_y = done.op("Identity", new)
+    return b.op(
+        "If",
+        b.any_changed(new_fingerprint, fingerprint),
+        then_branch=_branch(more, more_y, "next_step"),
+        else_branch=_branch(done, done_y, "fixed_point"),
+    )
 
-    The body is written for one `mode` (a model pools with one method): choosing the mode inside the
-    function would need string ops, which TensorRT cannot import when it falls back to the function.
-    `num_clusters`, `iterations` and `weighted` are read from each node's attributes.
+
+def _branch(g: _Builder, y: str, name: str) -> onnx.GraphProto:
+    return helper.make_graph(g.nodes, name, [], [helper.make_empty_tensor_value_info(y)])
+
+
+def function_proto(opset: int, mode: str, iterations: int, early_exit: bool = True) -> onnx.FunctionProto:
+    """The model-local function `tpdeploy::TokenPool(X, W) -> Y` for a model of the given ai.onnx opset whose
+    TokenPool nodes all have this `mode` and `iterations`; `num_clusters` and `weighted` are read from each node.
+
+    Written for them: choosing the mode inside the function would need string ops, which TensorRT cannot import
+    when it falls back to the function, and the iterations are unrolled (no Loop), each one after the first inside
+    an If that skips it at a fixed point unless `early_exit` is False.
     """
     if opset < MIN_OPSET:
         raise InvalidArgumentError(f"TokenPool's ONNX function needs opset >= {MIN_OPSET}, got {opset}")
     check_choice("mode", mode, MODES)
+    iterations = check_int("iterations", iterations, minimum=0)
     b = _Builder()
-    # Max(x, x) == x exactly, and no onnxruntime optimizer removes it: for float32 X the Cast is a no-op that
-    # onnxruntime drops (and it drops x + 0 and x * 1 too), renaming a value that the If/Loop subgraphs read from
-    # outside, which it cannot do safely: a warning per TokenPool node at every session start
-    xf_any = b.op("Cast", "X", to=TensorProto.FLOAT)
-    xf = b.op("Max", xf_any, xf_any, hint="xf")
     wf = b.op("Cast", "W", to=TensorProto.FLOAT, hint="wf")
-    zero, fmax = b.const(0.0), b.const(FLT_MAX)
-    order_w = b.op("Min", b.op("Where", b.op("Greater", wf, zero), wf, zero), fmax, hint="order_w")
-    weighted = b.op("Cast", b.attr_const("weighted"), to=TensorProto.BOOL)
-    cluster_w = b.op("Where", weighted, order_w, b.op("Expand", b.const(1.0), b.op("Shape", order_w)), hint="cluster_w")
+    zero = b.const(0.0)
+    order_w = b.op("Min", b.op("Where", b.op("Greater", wf, zero), wf, zero), b.const(FLT_MAX), hint="order_w")
     k = b.op("Reshape", b.attr_const("num_clusters"), b.const([1], np.int64), hint="k")
     _, init = b.op("TopK", order_w, k, axis=1, largest=1, sorted=1, n_out=2, hint="init")  # ties: lowest index
-    iterations = b.attr_const("iterations")
-    shape_x = b.op("Shape", "X")
-    batch, n, c = (b.op("Slice", shape_x, b.const([i], np.int64), b.const([i + 1], np.int64)) for i in range(3))
-    bk = b.op("Concat", batch, k, axis=0)
-
-    def gather_rows(g: _Builder, src: str, idx: str) -> str:
-        return g.op("GatherND", src, g.op("Unsqueeze", idx, g.const([2], np.int64)), batch_dims=1)
-
-    clustered = b.sub()  # kmedoids or kmeans: a Loop that exits early once the centres stop changing
-    if mode == "kmedoids":
-        clustered_y = gather_rows(
-            clustered, "X", _kmedoids_loop(clustered, xf, cluster_w, init, iterations, batch, n, k, bk)
-        )
+    if iterations == 0:  # top-K by significance: no distances at all
+        _gather_rows(b, "X", init, "Y")
     else:
-        centres = _kmeans_loop(clustered, xf, cluster_w, init, iterations, batch, n, c, bk, gather_rows)
-        clustered_y = clustered.op("CastLike", centres, "X")
-
-    def branch(g: _Builder, name: str, y: str) -> onnx.GraphProto:
-        return helper.make_graph(g.nodes, name, [], [helper.make_empty_tensor_value_info(y)])
-
-    top = b.sub()  # T == 0 is top-K by significance: no distances at all
-    top_y = gather_rows(top, "X", init)
-    b.nodes.append(
-        helper.make_node(
-            "If",
-            [b.op("Equal", iterations, b.const(0, np.int64))],
-            ["Y"],
-            then_branch=branch(top, "topk", top_y),
-            else_branch=branch(clustered, mode, clustered_y),
-        )
-    )
+        weighted = b.op("Cast", b.attr_const("weighted"), to=TensorProto.BOOL)
+        ones = b.filled(1.0, b.op("Shape", order_w))
+        cluster_w = b.op("Where", weighted, order_w, ones, hint="cluster_w")
+        shape_x = b.op("Shape", "X")
+        batch, n, c = (b.op("Slice", shape_x, b.const([i], np.int64), b.const([i + 1], np.int64)) for i in range(3))
+        xf = b.op("Cast", "X", to=TensorProto.FLOAT, hint="xf")
+        if mode == "kmedoids":
+            step = _kmedoids_step(b, xf, cluster_w, batch, n, k)
+            _gather_rows(b, "X", _iterate(b, step, init, iterations, early_exit, fingerprint=init), "Y")
+        else:
+            step = _kmeans_step(b, xf, cluster_w, batch, n, c, k)
+            centres = b.op("Transpose", _gather_rows(b, xf, init), perm=[0, 2, 1])  # [B, C, K]
+            centres = _iterate(b, step, centres, iterations, early_exit)
+            b.nodes.append(helper.make_node("CastLike", [b.op("Transpose", centres, perm=[0, 2, 1]), "X"], ["Y"]))
     return helper.make_function(
         DOMAIN, OP_TYPE, ["X", "W"], ["Y"], b.nodes, [helper.make_opsetid("", opset)], attributes=list(ATTRIBUTES)
     )
 
 
-def _kmedoids_loop(g: _Builder, xf, w, init, iterations, batch, n, k, bk) -> str:
-    gram = g.op("MatMul", xf, g.op("Transpose", xf, perm=[0, 2, 1]), hint="gram")  # [B, N, N]
-    token = g.op("Range", g.const(0, np.int64), g.op("Squeeze", n), g.const(1, np.int64), hint="token")  # [N]
-    bn1 = g.op("Concat", batch, n, g.const([1], np.int64), axis=0)
-    diag_idx = g.op("Expand", g.op("Unsqueeze", token, g.const([1], np.int64)), bn1)
-    sq = g.op("GatherElements", gram, diag_idx, axis=2, hint="sq")  # [B, N, 1]
-    outer = g.op("Add", sq, g.op("Transpose", sq, perm=[0, 2, 1]))
-    dist = g.clamp_distance(g.op("Sub", outer, g.op("Mul", gram, g.const(2.0))))  # [B, N, N]
-    w_col = g.op("Unsqueeze", w, g.const([2], np.int64))
-    bnk = g.op("Concat", batch, n, k, axis=0)
-    inf_bk = g.op("Expand", g.const(np.inf), bk)
-    n_bk = g.op("Expand", g.op("Squeeze", n), bk)
-    zero_bk = g.op("Expand", g.const(0.0), bk)
-    tokens_bn = g.op("Expand", token, g.op("Concat", batch, n, axis=0))
-
-    body = g.sub()
-    med = "medoids_in"
-    to_medoid = body.op(
-        "GatherElements", dist, body.op("Expand", body.op("Unsqueeze", med, body.const([1], np.int64)), bnk), axis=2
-    )
-    assign = body.op("ArgMin", to_medoid, axis=2, keepdims=0, hint="assign")  # ties: lowest k
-    same = body.op(
-        "Equal",
-        body.op("Unsqueeze", assign, body.const([2], np.int64)),
-        body.op("Unsqueeze", assign, body.const([1], np.int64)),
-    )
-    cost = body.op("MatMul", body.op("Where", same, dist, body.const(0.0)), w_col)  # [B, N, 1]
-    cost = body.op("Min", body.op("Squeeze", cost, body.const([2], np.int64)), body.const(FLT_MAX), hint="cost")
-    best = body.op("ScatterElements", inf_bk, assign, cost, axis=1, reduction="min")
-    is_best = body.op("Equal", cost, body.op("GatherElements", best, assign, axis=1))
-    candidate = body.op(
-        "ScatterElements",
-        n_bk,
-        assign,
-        body.op("Where", is_best, tokens_bn, body.op("Squeeze", n)),
-        axis=1,
-        reduction="min",
-    )
-    heaviest = body.op("ScatterElements", zero_bk, assign, w, axis=1, reduction="max")
-    new = body.op("Where", body.op("Greater", heaviest, body.const(0.0)), candidate, med, hint="medoids")
-    changed = body.any_changed(new, med)
-    body_graph = _graph(
-        body,
-        "kmedoids_step",
-        _loop_io(med, TensorProto.INT64, 2),
-        [
-            helper.make_tensor_value_info(changed, TensorProto.BOOL, []),
-            helper.make_tensor_value_info(new, TensorProto.INT64, None),
-        ],
-    )
-    return g.op("Loop", iterations, g.const(True, np.bool_), init, body=body_graph, hint="medoids")
+def _gather_rows(b: _Builder, src: str, idx: str, out: str | None = None) -> str:
+    """src[b, idx[b, k]]: [B, N, C] and [B, K] -> [B, K, C]."""
+    rows = b.op("Unsqueeze", idx, b.const([2], np.int64))
+    if out is None:
+        return b.op("GatherND", src, rows, batch_dims=1)
+    b.nodes.append(helper.make_node("GatherND", [src, rows], [out], batch_dims=1))
+    return out
 
 
-def _kmeans_loop(g: _Builder, xf, w, init, iterations, batch, n, c, bk, gather_rows) -> str:
-    centres0 = gather_rows(g, xf, init)  # [B, K, C]
-    sq_x = g.op("ReduceSum", g.op("Mul", xf, xf), g.const([2], np.int64), keepdims=1)  # [B, N, 1]
-    w_col = g.op("Unsqueeze", w, g.const([2], np.int64))
-    weighted_x = g.op("Mul", xf, w_col)
-    zero_bk = g.op("Expand", g.const(0.0), bk)
-    zero_bkc = g.op("Expand", g.const(0.0), g.op("Concat", bk, c, axis=0))
-    bnc = g.op("Concat", batch, n, c, axis=0)
+def _kmedoids_step(b: _Builder, xf, w, batch, n, k):
+    gram = b.op("MatMul", xf, b.op("Transpose", xf, perm=[0, 2, 1]), hint="gram")  # [B, N, N]
+    token = b.op("Range", b.const(0, np.int64), b.op("Squeeze", n), b.const(1, np.int64), hint="token")  # [N]
+    bn1 = b.op("Concat", batch, n, b.const([1], np.int64), axis=0)
+    diag_idx = b.op("Expand", b.op("Unsqueeze", token, b.const([1], np.int64)), bn1)
+    sq = b.op("GatherElements", gram, diag_idx, axis=2, hint="sq")  # [B, N, 1]
+    outer = b.op("Add", sq, b.op("Transpose", sq, perm=[0, 2, 1]))
+    dist = b.clamp_distance(b.op("Sub", outer, b.op("Mul", gram, b.const(2.0))))  # [B, N, N]
+    w_col = b.op("Unsqueeze", w, b.const([2], np.int64))
+    bnk = b.op("Concat", batch, n, k, axis=0)
+    bk = b.op("Concat", batch, k, axis=0)
+    inf_bk = b.filled(np.inf, bk)
+    n_bk = b.op("Expand", b.op("Squeeze", n), bk)
+    zero_bk = b.filled(0.0, bk)
+    tokens_bn = b.op("Expand", token, b.op("Concat", batch, n, axis=0))
+    axis1, axis2 = b.const([1], np.int64), b.const([2], np.int64)
+    zero, fmax, n_scalar = b.const(0.0), b.const(FLT_MAX), b.op("Squeeze", n)
 
-    body = g.sub()
-    cen = "centres_in"
-    sq_c = body.op("ReduceSum", body.op("Mul", cen, cen), body.const([2], np.int64), keepdims=1)  # [B, K, 1]
-    dot = body.op("MatMul", xf, body.op("Transpose", cen, perm=[0, 2, 1]))  # [B, N, K]
-    dist = body.clamp_distance(
-        body.op(
-            "Sub",
-            body.op("Add", sq_x, body.op("Transpose", sq_c, perm=[0, 2, 1])),
-            body.op("Mul", dot, body.const(2.0)),
+    def step(g: _Builder, medoids: str) -> str:
+        to_medoid = g.op("GatherElements", dist, g.op("Expand", g.op("Unsqueeze", medoids, axis1), bnk), axis=2)
+        assign = g.op("ArgMin", to_medoid, axis=2, keepdims=0, hint="assign")  # ties: lowest k
+        same = g.op("Equal", g.op("Unsqueeze", assign, axis2), g.op("Unsqueeze", assign, axis1))
+        # dist * same is Where(same, dist, 0) (dist is finite), and onnxruntime's Mul is 5x faster than its Where
+        masked = g.op("Mul", dist, g.op("Cast", same, to=TensorProto.FLOAT))
+        cost = g.op("Min", g.op("Squeeze", g.op("MatMul", masked, w_col), axis2), fmax, hint="cost")  # [B, N]
+        best = g.op("ScatterElements", inf_bk, assign, cost, axis=1, reduction="min")
+        is_best = g.op("Equal", cost, g.op("GatherElements", best, assign, axis=1))
+        candidate = g.op(
+            "ScatterElements", n_bk, assign, g.op("Where", is_best, tokens_bn, n_scalar), axis=1, reduction="min"
         )
-    )
-    assign = body.op("ArgMin", dist, axis=2, keepdims=0, hint="assign")  # ties: lowest k
-    total = body.op("ScatterElements", zero_bk, assign, w, axis=1, reduction="add")
-    sums = body.op(
-        "ScatterElements",
-        zero_bkc,
-        body.op("Expand", body.op("Unsqueeze", assign, body.const([2], np.int64)), bnc),
-        weighted_x,
-        axis=1,
-        reduction="add",
-    )
-    has_weight = body.op("Greater", total, body.const(0.0))
-    safe_total = body.op("Where", has_weight, total, body.const(1.0))
-    mean = body.op("Div", sums, body.op("Unsqueeze", safe_total, body.const([2], np.int64)))
-    new = body.op("Where", body.op("Unsqueeze", has_weight, body.const([2], np.int64)), mean, cen, hint="centres")
-    changed = body.any_changed(new, cen)
-    body_graph = _graph(
-        body,
-        "kmeans_step",
-        _loop_io(cen, TensorProto.FLOAT, 3),
-        [
-            helper.make_tensor_value_info(changed, TensorProto.BOOL, []),
-            helper.make_tensor_value_info(new, TensorProto.FLOAT, None),
-        ],
-    )
-    return g.op("Loop", iterations, g.const(True, np.bool_), centres0, body=body_graph, hint="centres")
+        heaviest = g.op("ScatterElements", zero_bk, assign, w, axis=1, reduction="max")
+        new = g.op("Where", g.op("Greater", heaviest, zero), candidate, medoids, hint="medoids")
+        return new, new
+
+    return step
+
+
+def _kmeans_step(b: _Builder, xf, w, batch, n, c, k):
+    """The centres travel transposed, [B, C, K]: onnxruntime scatters the sums a quarter faster along the last
+    axis (the same sums, in token order), and X [B, N, C] multiplies them as they are."""
+    axis1, axis2 = b.const([1], np.int64), b.const([2], np.int64)
+    sq_x = b.op("ReduceSum", b.op("Mul", xf, xf), axis2, keepdims=1)  # [B, N, 1]
+    weighted_xt = b.op("Transpose", b.op("Mul", xf, b.op("Unsqueeze", w, axis2)), perm=[0, 2, 1])  # [B, C, N]
+    bck = b.op("Concat", batch, c, k, axis=0)
+    zero_bk = b.filled(0.0, b.op("Concat", batch, k, axis=0))
+    zero_bck = b.filled(0.0, bck)
+    bcn = b.op("Concat", batch, c, n, axis=0)
+    zero, one, two = b.const(0.0), b.const(1.0), b.const(2.0)
+    cluster = b.op("Range", b.const(0, np.int64), b.op("Squeeze", k), b.const(1, np.int64), hint="cluster")  # [K]
+    kept = b.op("Add", cluster, b.op("Squeeze", k), hint="kept")  # column k + K: the centre it had
+
+    def step(g: _Builder, centres: str) -> tuple[str, str]:
+        sq_c = g.op("ReduceSum", g.op("Mul", centres, centres), axis1, keepdims=1)  # [B, 1, K]
+        dot = g.op("MatMul", xf, centres)  # [B, N, K]
+        dist = g.clamp_distance(g.op("Sub", g.op("Add", sq_x, sq_c), g.op("Mul", dot, two)))
+        assign = g.op("ArgMin", dist, axis=2, keepdims=0, hint="assign")  # ties: lowest k
+        total = g.op("ScatterElements", zero_bk, assign, w, axis=1, reduction="add")
+        member = g.op("Expand", g.op("Unsqueeze", assign, axis1), bcn)  # [B, C, N]
+        sums = g.op("ScatterElements", zero_bck, member, weighted_xt, axis=2, reduction="add")
+        has_weight = g.op("Greater", total, zero)
+        mean = g.op("Div", sums, g.op("Unsqueeze", g.op("Where", has_weight, total, one), axis1))
+        # each centre's column from [means, centres] rather than a float Where, which turns -0.0 into +0.0 in
+        # onnxruntime: a centre takes its mean's bits, or keeps its own
+        column = g.op("Expand", g.op("Unsqueeze", g.op("Where", has_weight, cluster, kept), axis1), bck)
+        new = g.op("GatherElements", g.op("Concat", mean, centres, axis=2), column, axis=2, hint="centres")
+        return new, assign  # the same assignment as the step before gives the same centres: a fixed point
+
+    return step
 
 
 def single_op_model(
@@ -273,54 +251,22 @@ def single_op_model(
     )
     return helper.make_model(
         graph,
-        functions=[function_proto(opset, mode)],
+        functions=[function_proto(opset, mode, iterations)],
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, VERSION)],
     )
 
 
 def inline_functions(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every TokenPool node replaced by its function body (standard ops only), as TensorRT parses
-    it with --no-plugin. Each node's `If (iterations == 0)` has a constant condition once inlined: it is
-    replaced by the branch it takes, so TensorRT gets no conditional around the loop."""
+    """The model with every TokenPool node replaced by the body of its function without the early exit (standard
+    ops, no If or Loop), as TensorRT parses it with --no-plugin."""
     import onnx.inliner
 
-    model = onnx.inliner.inline_local_functions(proto)
-    _fold_constant_ifs(model.graph)
-    return model
-
-
-def _constant_scalar(graph: onnx.GraphProto, name: str):
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            return (
-                onnx.numpy_helper.to_array(node.attribute[0].t)
-                if node.attribute[0].name == "value"
-                else helper.get_attribute_value(node.attribute[0])
-            )
-    for init in graph.initializer:
-        if init.name == name:
-            return onnx.numpy_helper.to_array(init)
-    return None
-
-
-def _fold_constant_ifs(graph: onnx.GraphProto) -> None:
-    """Replace each `If(Equal(a, b))` whose operands are constants by the nodes of the branch it takes."""
-    producer = {o: n for n in graph.node for o in n.output}
-    nodes = []
-    for node in graph.node:
-        cond = producer.get(node.input[0]) if node.op_type == "If" else None
-        if cond is not None and cond.op_type == "Equal":
-            a, b = (_constant_scalar(graph, i) for i in cond.input)
-            if a is not None and b is not None:
-                branch = helper.get_attribute_value(
-                    next(x for x in node.attribute if x.name == ("then_branch" if a == b else "else_branch"))
-                )
-                nodes.extend(branch.node)
-                # the branch's outputs become the If's outputs
-                nodes.extend(
-                    helper.make_node("Identity", [out.name], [name]) for out, name in zip(branch.output, node.output)
-                )
-                continue
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    node = next((n for n in model.graph.node if (n.domain, n.op_type) == (DOMAIN, OP_TYPE)), None)
+    for f in model.functions:
+        if node is not None and (f.domain, f.name) == (DOMAIN, OP_TYPE):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            opset = next(o.version for o in f.opset_import if o.domain in ("", "ai.onnx"))
+            f.CopyFrom(function_proto(opset, attrs["mode"].decode(), attrs["iterations"], early_exit=False))
+    return onnx.inliner.inline_local_functions(model)

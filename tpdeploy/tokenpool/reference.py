@@ -1,7 +1,8 @@
 """The TokenPool operator (SPEC section 1): the PyTorch reference implementation.
 
 Every other implementation (the ONNX function in `onnx_function`, the CUDA kernels under `plugins/`)
-follows the same arithmetic, step for step, so that float32 results agree exactly:
+follows the same arithmetic, so that float32 results agree bit for bit wherever sums are exact and the chosen
+tokens agree otherwise (a sum may add its terms in another order):
 
 - initial centres: the K tokens with the largest W, in descending order (stable: ties to the lowest index);
 - kmedoids distances: D = g_ii + g_jj - 2 g_ij with g = X Xᵀ in float32 (so D_ii is exactly 0 and
@@ -81,7 +82,6 @@ def _clamp_finite_(t: torch.Tensor) -> torch.Tensor:
 
 def reference_token_pool(x, w, num_clusters, iterations=3, mode="kmedoids", weighted=True):
     """Batched PyTorch implementation of SPEC section 1 (no loops over the batch or the tokens)."""
-    b, _, c = x.shape
     xf = x.float()
     order_w = torch.where(w > 0, w.float(), 0.0).clamp_(max=FLT_MAX)
     cluster_w = order_w if weighted else torch.ones_like(order_w)
@@ -89,8 +89,15 @@ def reference_token_pool(x, w, num_clusters, iterations=3, mode="kmedoids", weig
     if mode == "kmedoids" or iterations == 0:
         with torch.no_grad():
             medoids = _kmedoids(xf, cluster_w, init, iterations)
-        return x.gather(1, medoids[:, :, None].expand(b, num_clusters, c))
+        return _rows(x, medoids)
     return _kmeans(xf, cluster_w, init, iterations).to(x.dtype)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, index[b, k]] for x [B, N, C] and index [B, K] (differentiable in x)."""
+    b, n, c = x.shape
+    flat = index + torch.arange(b, device=x.device)[:, None] * n
+    return x.reshape(b * n, c).index_select(0, flat.view(-1)).view(b, index.shape[1], c)
 
 
 def _kmedoids(x, w, medoids, iterations):
@@ -98,43 +105,57 @@ def _kmedoids(x, w, medoids, iterations):
         return medoids  # top-K by significance: no distances needed
     b, n, _ = x.shape
     k = medoids.shape[1]
-    token = torch.arange(n, device=x.device).expand(b, n)
+    token = torch.arange(n, device=x.device)
     gram = x @ x.transpose(1, 2)  # [B, N, N]
     sq = gram.diagonal(dim1=1, dim2=2)
     dist = _clamp_finite_((sq[:, :, None] + sq[:, None, :]).add_(gram, alpha=-2.0))  # [B, N, N]
     for _ in range(iterations):
         assign = dist.gather(2, medoids[:, None, :].expand(b, n, k)).argmin(2)  # [B, N], ties: lowest k
-        same = assign[:, :, None] == assign[:, None, :]  # [B, N, N]
-        cost = (torch.where(same, dist, 0.0) @ w[:, :, None])[:, :, 0].clamp_(max=FLT_MAX)  # [B, N]
-        # per cluster: its smallest member cost, then the lowest member index with that cost
-        best_cost = torch.full((b, k), torch.inf, device=x.device).scatter_reduce_(1, assign, cost, "amin")
-        is_best = cost == best_cost.gather(1, assign)
-        candidate = torch.full((b, k), n, device=x.device).scatter_reduce_(
-            1, assign, torch.where(is_best, token, n), "amin"
-        )
+        cost = _cost_within_cluster(dist, w, assign, k)
+        # per cluster its member of least cost, ties to the lowest index, in one reduction: a cost is a float >= +0.0,
+        # whose bits order as its value does, so (cost bits, index) packed in an int64 orders as the pair
+        key = (cost.view(torch.int32).long() << 32) | token
+        best = torch.full((b, k), torch.iinfo(torch.int64).max, device=x.device).scatter_reduce_(1, assign, key, "amin")
         heaviest = torch.zeros(b, k, device=x.device).scatter_reduce_(1, assign, w, "amax")
-        new = torch.where(heaviest > 0, candidate, medoids)  # empty or weightless: keep
+        new = torch.where(heaviest > 0, best & 0xFFFFFFFF, medoids)  # empty or weightless: keep
         if torch.equal(new, medoids):
             break  # a fixed point: the remaining iterations would change nothing
         medoids = new
     return medoids
 
 
+def _cost_within_cluster(dist, w, assign, k):
+    """cost_i = sum over the members j of i's cluster of D_ij w_j, [B, N], clamped to FLT_MAX. Summed over the
+    members alone (a cluster holds a few of the N tokens): each token's cluster-mates are gathered from the tokens
+    sorted by cluster, padded to the largest cluster with weight 0."""
+    b, n = assign.shape
+    mates = torch.argsort(assign, dim=1, stable=True)  # each cluster's members, contiguous
+    count = torch.zeros(b, k, dtype=torch.int64, device=assign.device).scatter_add_(1, assign, torch.ones_like(assign))
+    first = (count.cumsum(1) - count).gather(1, assign)  # where in `mates` each token's cluster starts
+    size = count.gather(1, assign)
+    slot = torch.arange(int(size.max()), device=assign.device)
+    mate = mates.gather(1, (first[:, :, None] + slot).clamp_(max=n - 1).view(b, -1))  # [B, N * S]
+    mate_w = torch.where(slot < size[:, :, None], w.gather(1, mate).view(b, n, -1), 0.0)
+    return (dist.gather(2, mate.view(b, n, -1)) * mate_w).sum(2).clamp_(max=FLT_MAX)
+
+
 def _kmeans(x, w, init, iterations):
     """x carries gradients; the assignments are computed on a detached copy (held constant)."""
     b, n, c = x.shape
     k = init.shape[1]
-    centres = x.gather(1, init[:, :, None].expand(b, k, c))  # [B, K, C]
+    centres = _rows(x, init)  # [B, K, C]
     xd = x.detach()
     sq_x = (xd * xd).sum(2)  # [B, N]
-    weighted_x = x * w[:, :, None]
+    weighted_x = (x * w[:, :, None]).view(b * n, c)
+    slot_of_cluster = torch.arange(b, device=x.device)[:, None] * k  # clusters numbered b * K + k
     for _ in range(iterations):
         cd = centres.detach()
         sq_c = (cd * cd).sum(2)  # [B, K]
         dist = _clamp_finite_((sq_x[:, :, None] + sq_c[:, None, :]).add_(xd @ cd.transpose(1, 2), alpha=-2.0))
-        assign = dist.argmin(2)  # [B, N], ties: lowest k
-        total = torch.zeros(b, k, device=x.device).scatter_add_(1, assign, w)  # [B, K]
-        sums = torch.zeros(b, k, c, device=x.device).scatter_add_(1, assign[:, :, None].expand(b, n, c), weighted_x)
+        slot = (dist.argmin(2) + slot_of_cluster).view(-1)  # [B * N], ties: lowest k
+        # index_add_ sums each cluster's members in token order, as scatter_add would, on rows rather than elements
+        total = torch.zeros(b * k, device=x.device).index_add_(0, slot, w.view(-1)).view(b, k)
+        sums = torch.zeros(b * k, c, device=x.device).index_add_(0, slot, weighted_x).view(b, k, c)
         safe_total = torch.where(total > 0, total, 1.0)  # avoids 0/0, whose gradient would be NaN
         new = torch.where(total[:, :, None] > 0, sums / safe_total[:, :, None], centres)
         moved = not torch.equal(new, centres)
