@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler
 from tpdeploy import __version__
 from tpdeploy.artifacts.files import atomic_output, sha256
 from tpdeploy.artifacts.recipe import WeightsOrigin
-from tpdeploy.data import augment, datasets
+from tpdeploy.data import augment
 from tpdeploy.errors import UserError, one_line
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.checkpoint import Checkpoint, describe_plan, finetuned_checkpoint
@@ -170,7 +170,7 @@ class _Run:
         job = self.job
         if job.data is None:
             return augment.ImageSource.generated(job.limit or GENERATED_IMAGES, GENERATED_FIRST_SEED), "generated"
-        dataset = datasets.open_dataset(job.data, job.labels, self.cfg.num_classes)
+        dataset = job.train_set
         if job.limit:
             dataset = dataset.subset(job.limit)
         for note in dataset.notes:
@@ -180,7 +180,7 @@ class _Run:
     def _held_out_images(self) -> tuple[augment.ImageSource | None, str | None]:
         job = self.job
         if job.val:
-            dataset = datasets.open_dataset(job.val, None, self.cfg.num_classes)
+            dataset = job.val_set
             return augment.ImageSource.from_dataset(dataset), f"{job.val}: {dataset.layout}"
         if job.data is None:
             return augment.ImageSource.generated(VALIDATION_IMAGES), "generated"

@@ -118,6 +118,10 @@ class FinetuneJob:
             check_choice("device", self.device, DEVICES)
         for path in (self.output, self.resume_path):
             check_output(path, inputs=self.all_inputs)
+        # the folders before any model is built: a folder without images is refused at once
+        classes = self.plan.cfg.num_classes
+        self.train_set = self.data and datasets.open_dataset(self.data, self.labels, classes)
+        self.val_set = self.val and datasets.open_dataset(self.val, None, classes, option="--val")
 
     @property
     def resume_path(self) -> str:
@@ -126,7 +130,8 @@ class FinetuneJob:
     @property
     def all_inputs(self) -> list[str]:
         teacher = None if self.teacher == TEACHER_DENSE else self.teacher
-        return [p for p in (self.checkpoint, teacher, self.data, self.labels, self.val, *self.inputs) if p]
+        folders = [*datasets.data_inputs(self.data, self.labels), *datasets.data_inputs(self.val)]
+        return [p for p in (self.checkpoint, teacher, *folders, *self.inputs) if p]
 
 
 @dataclass
