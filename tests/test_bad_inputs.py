@@ -130,6 +130,7 @@ def snapshot(folder):
 
 
 DENSE = ",".join(["196"] * 12)
+FINETUNE = ["finetune", "--arch", "deit_tiny", "--flops-ratio", "0.45", "--batch", "8"]
 CLI_CASES = [
     # export: inputs are never written over; bad model requests fail before any file appears
     (
@@ -398,6 +399,29 @@ CLI_CASES = [
     ),
     ("sweep where nothing can be written", ["sweep", "--arch", "deit_tiny", "-o", "/proc/tpdeploy-sweep"], 1, "cannot"),
     ("sweep bad data", ["sweep", "--arch", "deit_tiny", "--data", "dir.onnx", "-o", "out"], 1, "no images found"),
+    ("sweep --finetuned a plain checkpoint", ["sweep", "--finetuned", "ck.pth", "-o", "out"], 1, "records no plan"),
+    ("sweep --finetuned nothing", ["sweep", "--finetuned", "no.pt", "-o", "out"], 1, "no such file or folder"),
+    # finetune: refused before any training
+    ("finetune a folder with no images", [*FINETUNE, "--data", "dir.onnx", "-o", "t.pt"], 1, "no images found"),
+    ("finetune onto its checkpoint", [*FINETUNE, "--checkpoint", "ck.pth", "-o", "ck.pth"], 1, "is also an input"),
+    ("finetune into its data", [*FINETUNE, "--data", "data", "-o", "data/t.pt"], 1, "is inside the input data"),
+    ("finetune into its held-out data", [*FINETUNE, "--val", "data", "-o", "data/t.pt"], 1, "inside the input data"),
+    (
+        "finetune a checkpoint of another architecture",
+        ["finetune", "--arch", "deit_small", "--flops-ratio", "0.45", "--checkpoint", "ck.pth", "-o", "t.pt"],
+        1,
+        "does not fit deit_small",
+    ),
+    (
+        "finetune a schedule out of reach",
+        ["finetune", "--arch", "deit_tiny", "--flops-ratio", "0.01", "-o", "t.pt"],
+        1,
+        "below the smallest reachable",
+    ),
+    ("finetune a dense schedule", ["finetune", "--arch", "deit_tiny", "-o", "t.pt"], 1, "nothing to fine-tune"),
+    ("finetune more batch than images", [*FINETUNE, "--data", "data", "-o", "t.pt"], 1, "more than the 2 training"),
+    ("finetune --amp on the CPU", [*FINETUNE, "--amp", "--device", "cpu", "-o", "t.pt"], 1, "--amp needs a CUDA GPU"),
+    ("finetune a missing teacher", [*FINETUNE, "--teacher", "no.pth", "-o", "t.pt"], 1, "checkpoint not found"),
     # usage
     ("an unknown command", ["exprot"], 2, "No such command"),
 ]

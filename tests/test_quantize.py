@@ -309,7 +309,7 @@ def test_sweep_adds_the_quantized_points(tmp_path):
         precisions=("fp32", "int8"),
     )
     job = sweep.Sweep(plan)
-    assert job.todo == [("none", None), ("none", None, "int8"), ("grid", 0.6), ("grid", 0.6, "int8")]
+    assert [k.key for k in job.todo] == [("none", None), ("none", None, "int8"), ("grid", 0.6), ("grid", 0.6, "int8")]
     report = job.run_all()
     assert [p.label for p in report.points] == ["dense", "dense int8", "grid 0.6x", "grid 0.6x int8"]
     assert all(p.dense_latency_ms > 0 and 0 <= p.agreement <= 1 for p in report.points)

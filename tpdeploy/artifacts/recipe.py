@@ -31,6 +31,7 @@ CALIBRATION_SOURCES = ("images", "built-in")  # a folder of images; the generate
 CROP_MODES = ("center", "squash")
 DTYPES = {"fp32": "float32", "fp16": "float16"}  # a recipe's dtype -> its file's input and output dtype
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_WEIGHTS_REFERENCE = re.compile(r"sha256:[0-9a-f]{64}|seed:[0-9]+")  # WeightsOrigin.reference()
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,22 @@ class WeightsOrigin:
     seed: int | None = 0
     checkpoint_sha256: str | None = None
     checkpoint_path: str | None = field(default=None, compare=False)
+    finetuned_from: str | None = None  # a fine-tuned checkpoint: the `reference()` of the weights it started from
+
+    def reference(self) -> str:
+        """These weights' name, never a path: `sha256:<hex>` for a checkpoint, `seed:<n>` for seeded-random ones."""
+        return f"sha256:{self.checkpoint_sha256}" if self.checkpoint_sha256 else f"seed:{self.seed}"
 
     def describe(self) -> str:
         if self.checkpoint_sha256:
-            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}..."
+            tuned = f", fine-tuned from {_short(self.finetuned_from)}" if self.finetuned_from else ""
+            return f"checkpoint sha256 {self.checkpoint_sha256[:16]}...{tuned}"
         return f"seeded-random (seed {self.seed}, no checkpoint)"
+
+
+def _short(reference: str) -> str:
+    kind, _, value = reference.partition(":")
+    return f"sha256 {value[:16]}..." if kind == "sha256" else f"seeded-random weights (seed {value})"
 
 
 @dataclass(frozen=True)
@@ -165,10 +177,11 @@ class Recipe:
     checkpoint_sha256: str | None = None
     tpdeploy_version: str = ""
     quantization: Quantization | None = None  # None: a float file (and every recipe written before quantize)
+    finetuned_from: str | None = None  # weights fine-tuned by `tpdeploy finetune`: what they started from
 
     @property
     def origin(self) -> WeightsOrigin:
-        return WeightsOrigin(self.seed, self.checkpoint_sha256)
+        return WeightsOrigin(self.seed, self.checkpoint_sha256, finetuned_from=self.finetuned_from)
 
     @property
     def weights(self) -> str:
@@ -229,6 +242,11 @@ class Recipe:
             found.append(f"checkpoint_sha256 {self.checkpoint_sha256!r} is not a SHA-256")
         if (self.seed is None) == (self.checkpoint_sha256 is None):
             found.append("the weights' origin must be a seed or a checkpoint's SHA-256, not both or neither")
+        if self.finetuned_from is not None:
+            if not _WEIGHTS_REFERENCE.fullmatch(str(self.finetuned_from)):
+                found.append(f"finetuned_from {self.finetuned_from!r} is neither sha256:<hex> nor seed:<n>")
+            if self.checkpoint_sha256 is None:
+                found.append("fine-tuned weights come from a checkpoint, but no checkpoint_sha256 is given")
         return found
 
     @property

@@ -7,10 +7,11 @@ describe.py   info, presets, archs
 convert.py    export, quantize, build-engine
 measure.py    bench, compare
 accuracy.py   eval, sweep
+train.py      finetune
 serving.py    serve, triton-repo
 """
 
-from tpdeploy.cli import accuracy, convert, describe, measure, serving
+from tpdeploy.cli import accuracy, convert, describe, measure, serving, train
 from tpdeploy.cli.app import main
 
 for command in (
@@ -26,6 +27,7 @@ for command in (
     describe.archs,
     accuracy.eval_command,
     accuracy.sweep,
+    train.finetune,
 ):
     main.add_command(command)
 

@@ -81,6 +81,12 @@ def eval_command(model_file, data, labels, run: RuntimeArgs, batch, workers, lim
     help=f"comma-separated, of {', '.join(sweeping.PRECISIONS)}: int8 adds each point quantized (`tpdeploy quantize`)",
 )
 @click.option("--calib", help="calibration images of the int8 points, as `quantize --calib` (default: built-in ones)")
+@click.option(
+    "--finetuned",
+    multiple=True,
+    help="a checkpoint of `tpdeploy finetune` (fine-tuned from --checkpoint), or a folder of them: a point each; "
+    "repeatable",
+)
 @click.option("--data", help="images as for `tpdeploy eval` (default: generated images, agreement with dense)")
 @labels_option
 @click.option(
@@ -116,6 +122,7 @@ def sweep(
     ratios,
     precisions,
     calib,
+    finetuned,
     data,
     labels,
     limit,
@@ -146,6 +153,7 @@ def sweep(
         warmup_ms=warmup_ms,
         precisions=tuple(sweeping.parse_list("precisions", precisions, str)),
         calib=calib,
+        finetuned=finetuned,
     )
     job = sweeping.Sweep(plan, progress)
     if job.dense_model.origin.checkpoint_path is None:

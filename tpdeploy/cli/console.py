@@ -27,7 +27,7 @@ class ProgressBar:
         self.tty = sys.stderr.isatty()
         self.start = self.last = time.perf_counter()
 
-    def __call__(self, done: int, total: int, unreadable: int = 0) -> None:
+    def __call__(self, done: int, total: int, unreadable: int = 0, status: str = "") -> None:
         now = time.perf_counter()
         if done < total and now - self.last < (0.2 if self.tty else self.every_s):
             return
@@ -35,7 +35,7 @@ class ProgressBar:
         filled = 30 * done // max(total, 1)
         text = (
             f"{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {self.unit}, "
-            f"{done / max(now - self.start, 1e-9):.1f}/s, {unreadable} unreadable"
+            f"{done / max(now - self.start, 1e-9):.1f}/s, {unreadable} unreadable{', ' + status if status else ''}"
         )
         click.echo("\r" + text if self.tty else text, err=True, nl=not self.tty or done >= total)
 

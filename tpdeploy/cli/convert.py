@@ -24,8 +24,7 @@ from tpdeploy.optional import lazy_import
 
 def build_model(model: ModelArgs):
     """The model the options describe (needs PyTorch), saying so when its weights are seeded-random."""
-    factory = lazy_import("tpdeploy.model.factory", "building a model")
-    built = factory.build_model(model.plan(), model.checkpoint)
+    built = model.create_model()
     if model.checkpoint is None:
         note(f"no --checkpoint given: {built.cfg.name} has seeded-random weights (seed {built.origin.seed})")
     return built

@@ -30,16 +30,12 @@ def info(model_file, model: ModelArgs, as_json):
         raise UserError("give either a model file or model options, not both")
     if model_file:
         return _show(stage.describe_file(model_file), as_json)
-    plan = model.plan()
     if model.checkpoint is None:
-        origin = WeightsOrigin()
+        plan, origin = model.plan(), WeightsOrigin()
         note(f"no --checkpoint given: {plan.cfg.name} has seeded-random weights (seed {origin.seed})")
-    else:  # the checkpoint must fit the architecture: that takes loading it
-        from tpdeploy.optional import lazy_import
-
-        origin = (
-            lazy_import("tpdeploy.model.factory", "checking a checkpoint").build_model(plan, model.checkpoint).origin
-        )
+    else:  # the checkpoint must fit the architecture (and a fine-tuned one brings its plan): that takes loading it
+        built = model.create_model()
+        plan, origin = built.plan, built.origin
     _show(PlanSummary(plan, origin), as_json)
 
 

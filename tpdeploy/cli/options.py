@@ -87,10 +87,21 @@ class ModelArgs:
         return any(v is not None for v in vars(self).values())
 
     def plan(self):
-        from tpdeploy.model.plan import parse_schedule, resolve_plan
+        from tpdeploy.model.plan import resolve_plan
 
-        return resolve_plan(
-            self.arch,
+        return resolve_plan(self.arch, **self._schedule())
+
+    def create_model(self):
+        """The model (needs PyTorch): a fine-tuned --checkpoint (`tpdeploy finetune`) brings its own plan."""
+        from tpdeploy.optional import lazy_import
+
+        factory = lazy_import("tpdeploy.model.factory", "building a model")
+        return factory.create_model(self.arch, self.checkpoint, **self._schedule())
+
+    def _schedule(self) -> dict:
+        from tpdeploy.model.plan import parse_schedule
+
+        return dict(
             flops_ratio=self.flops_ratio,
             preset=self.preset,
             schedule=None if self.schedule is None else parse_schedule(self.schedule),

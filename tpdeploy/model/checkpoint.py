@@ -12,23 +12,100 @@ import os
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from tpdeploy.artifacts.files import sha256
 from tpdeploy.artifacts.recipe import WeightsOrigin
-from tpdeploy.errors import UserError, one_line
+from tpdeploy.errors import InvalidArgumentError, UserError, one_line
 from tpdeploy.model import schedule as sched
 from tpdeploy.model.plan import ModelPlan
 from tpdeploy.model.registry import ViTConfig, get_config, list_archs
 from tpdeploy.model.vit import TokenPooledViT
 
+FINETUNED_KEY = "tpdeploy"  # a fine-tuned checkpoint's record, beside its state dict under "model"
+FINETUNED_FORMAT = 1
 
-def read_checkpoint(path: str, cfg: ViTConfig) -> tuple[dict[str, torch.Tensor], WeightsOrigin]:
-    """The checkpoint's state dict adapted to `cfg` (`checkpoint_filter`), and its origin (the file's SHA-256)."""
-    state = checkpoint_filter(read_state_dict(path), cfg, path)
-    return state, WeightsOrigin(seed=None, checkpoint_sha256=sha256(path), checkpoint_path=os.path.abspath(path))
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file, read once: what it holds, its SHA-256, and, for one written by `tpdeploy finetune`, the
+    plan it was fine-tuned for (a schedule's weights belong to that schedule: `check_plan` refuses any other)."""
+
+    path: str
+    stored: dict
+    sha256: str
+    record: dict | None  # FINETUNED_KEY's content; None for a timm/DeiT checkpoint
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Checkpoint:
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgumentError(f"checkpoint must be a path, got {path!r}")
+        path = os.fspath(path)
+        stored = read_state_dict(path)
+        record = stored.get(FINETUNED_KEY)
+        if record is not None and (not isinstance(record, dict) or record.get("format") != FINETUNED_FORMAT):
+            raise UserError(
+                f"checkpoint {path}: its {FINETUNED_KEY!r} record is not a tpdeploy finetune record of format "
+                f"{FINETUNED_FORMAT}"
+            )
+        return cls(path, stored, sha256(path), record)
+
+    @functools.cached_property
+    def plan(self) -> ModelPlan | None:
+        """The plan a fine-tuned checkpoint was trained for; None for any other."""
+        if self.record is None:
+            return None
+        try:
+            r = self.record
+            return ModelPlan(get_config(r["arch"]), tuple(r["tokens"]), r["method"], r["iterations"])
+        except (KeyError, TypeError, UserError) as e:
+            raise UserError(f"checkpoint {self.path}: its fine-tuning record names no valid plan ({e})") from None
+
+    @property
+    def origin(self) -> WeightsOrigin:
+        finetuned_from = None if self.record is None else self.record.get("finetuned_from")
+        return WeightsOrigin(
+            seed=None,
+            checkpoint_sha256=self.sha256,
+            checkpoint_path=os.path.abspath(self.path),
+            finetuned_from=finetuned_from if isinstance(finetuned_from, str) else None,
+        )
+
+    def state(self, cfg: ViTConfig) -> dict[str, torch.Tensor]:
+        """The state dict adapted to `cfg` (`checkpoint_filter`), for `load_state`."""
+        return checkpoint_filter(self.stored, cfg, self.path)
+
+    def check_plan(self, plan: ModelPlan) -> None:
+        """A fine-tuned checkpoint builds only the plan it was fine-tuned for."""
+        if self.plan is not None and plan != self.plan:
+            raise UserError(
+                f"checkpoint {self.path} was fine-tuned for {describe_plan(self.plan)}, not {describe_plan(plan)}: "
+                f"give no schedule (--preset, --flops-ratio, --schedule, --method, --iterations) to build its own"
+            )
+
+
+def describe_plan(plan: ModelPlan) -> str:
+    pooled = f"{plan.method} (T={plan.iterations}) at {plan.flops_ratio:.2f}x FLOPs" if plan.pooling_steps else "dense"
+    return f"{plan.cfg.name} {pooled}, tokens {','.join(map(str, plan.tokens))}"
+
+
+def finetuned_checkpoint(state: dict[str, torch.Tensor], plan: ModelPlan, start: WeightsOrigin, **provenance) -> dict:
+    """What `tpdeploy finetune` saves: the state dict under "model" (timm's training-checkpoint layout, so that
+    `checkpoint_filter` reads it) and the plan it was fine-tuned for, what it started from and how it was trained
+    (plain values: `torch.load(weights_only=True)` reads them)."""
+    record = {
+        "format": FINETUNED_FORMAT,
+        "arch": plan.cfg.name,
+        "method": plan.method,
+        "iterations": plan.iterations,
+        "tokens": list(plan.tokens),
+        "finetuned_from": start.reference(),
+        **provenance,
+    }
+    return {"model": state, FINETUNED_KEY: record}
 
 
 def read_state_dict(path: str) -> dict:

@@ -69,6 +69,7 @@ class ModelPlan:
             seed=origin.seed,
             checkpoint_sha256=origin.checkpoint_sha256,
             tpdeploy_version=__version__,
+            finetuned_from=origin.finetuned_from,
         )
 
     @classmethod

@@ -5,4 +5,5 @@ bench      latency like trtexec, models interleaved
 compare    outputs of two backends, Polygraphy-style
 evaluate   top-1/top-5 on an image folder
 sweep      accuracy against cost for every method and ratio
+finetune   distillation from the dense model (its PyTorch loop: distill)
 """

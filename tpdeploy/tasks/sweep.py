@@ -9,6 +9,10 @@ sweep picks up where it stopped; a sweep of another configuration in the same fo
 With --precisions fp32,int8 every point is also quantized (`tpdeploy quantize`: int8 for onnxruntime,
 calibrated on --calib or the built-in structured images) and measured the same way, against dense fp32.
 
+With --finetuned CK (a checkpoint of `tpdeploy finetune`, or a folder of them) each fine-tuned model is a point
+too, at the FLOPs of the schedule it was fine-tuned for: the accuracy that pooling costs, and what training
+recovers of it, on one figure. Its teacher must be the sweep's dense model (the same --checkpoint).
+
 Without --data the images are generated (`tpdeploy.data.samples.sample_rgb_images`, GENERATED_IMAGES of them
 unless --limit says otherwise, saved as PNG files in OUT_DIR/images) and the accuracy is the agreement with
 dense.
@@ -69,14 +73,15 @@ class Point:
     agreement: float  # top-1 agreement with the dense model
     agreement_se: float
     precision: str = FP32  # "int8": the file `tpdeploy quantize` makes of this point (results before it: fp32)
+    finetuned: str | None = None  # the SHA-256 of the `tpdeploy finetune` checkpoint; None: the sweep's weights
 
     @property
     def key(self) -> tuple:
-        return point_key(self.method, self.ratio, self.precision)
+        return point_key(self.method, self.ratio, self.precision, self.finetuned)
 
     @property
     def label(self) -> str:
-        return point_label(self.method, self.ratio, self.precision)
+        return point_label(self.method, self.ratio, self.precision, self.finetuned)
 
     @property
     def relative_latency(self) -> float:
@@ -88,15 +93,35 @@ class Point:
         return (self.top1, self.top1_se) if self.top1 is not None else (self.agreement, self.agreement_se)
 
 
-def point_key(method: str, ratio: float | None, precision: str = FP32) -> tuple:
-    """(method, ratio), and the precision after them for a quantized point: fp32 keys are those of every sweep
-    before --precisions."""
-    return (method, ratio) if precision == FP32 else (method, ratio, precision)
+def point_key(method: str, ratio: float | None, precision: str = FP32, finetuned: str | None = None) -> tuple:
+    """(method, ratio), then the precision for a quantized point and the checkpoint's SHA-256 for a fine-tuned
+    one: fp32 keys of the sweep's own weights are those of every sweep before --precisions and --finetuned."""
+    return (method, ratio) + (() if precision == FP32 else (precision,)) + (() if finetuned is None else (finetuned,))
 
 
-def point_label(method: str, ratio: float | None, precision: str = FP32) -> str:
+def point_label(method: str, ratio: float | None, precision: str = FP32, finetuned: str | None = None) -> str:
     name = "dense" if method == DENSE else f"{method} {ratio:g}x"
+    name += "" if finetuned is None else f" tuned {finetuned[:8]}"
     return name if precision == FP32 else f"{name} {precision}"
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """What a point measures: a model (method and ratio; a fine-tuned checkpoint's) at a precision."""
+
+    method: str
+    ratio: float | None
+    precision: str = FP32
+    checkpoint: str | None = None  # a fine-tuned checkpoint (path)
+    finetuned: str | None = None  # its SHA-256
+
+    @property
+    def key(self) -> tuple:
+        return point_key(self.method, self.ratio, self.precision, self.finetuned)
+
+    @property
+    def model_key(self) -> tuple:
+        return point_key(self.method, self.ratio, FP32, self.finetuned)
 
 
 CSV_COLUMNS = (
@@ -115,6 +140,7 @@ CSV_COLUMNS = (
     "agreement",
     "agreement_se",
     "tokens",
+    "finetuned",
 )
 
 
@@ -146,6 +172,7 @@ class SweepPlan:
     warmup_ms: float = DEFAULT_WARMUP_MS
     precisions: tuple[str, ...] = (FP32,)
     calib: str | None = None  # calibration images of the int8 points (None: the built-in ones)
+    finetuned: tuple[str, ...] = ()  # `tpdeploy finetune` checkpoints, or folders of them
 
     def __post_init__(self):
         for what in ("methods", "ratios"):
@@ -167,12 +194,31 @@ class SweepPlan:
             raise UserError("--labels needs --data")
         for p in self.precisions:
             check_choice("precision", p, PRECISIONS)
+        if isinstance(self.finetuned, (str, bytes)) or not all(isinstance(f, str) for f in self.finetuned):
+            raise InvalidArgumentError(f"finetuned must be a list of paths, got {self.finetuned!r}")
         if self.precisions != (FP32,) and self.backend != "ort":
             raise UserError("--precisions other than fp32 need --backend ort (quantized files run on onnxruntime)")
 
-    def points(self) -> list[tuple]:
+    def points(self) -> list[PointSpec]:
+        """The points of the sweep's own weights (fine-tuned ones are known once their checkpoints are read)."""
         models = [(DENSE, None)] + [(m, r) for m in self.methods for r in self.ratios]
-        return [point_key(m, r, p) for m, r in models for p in self.precisions]  # a model's fp32 point first
+        return [PointSpec(m, r, p) for m, r in models for p in self.precisions]  # a model's fp32 point first
+
+
+def finetuned_checkpoints(paths: tuple[str, ...]) -> list[str]:
+    """The files --finetuned names: each file, and the .pt/.pth files of each folder (sorted)."""
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if n.endswith((".pt", ".pth")) and not n.startswith("."))
+            if not names:
+                raise UserError(f"--finetuned {path}: no .pt or .pth checkpoints in this folder")
+            found += [os.path.join(path, n) for n in names]
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise UserError(f"--finetuned {path}: no such file or folder")
+    return list(dict.fromkeys(found))
 
 
 def _configuration(plan: SweepPlan, dense_model) -> dict:
@@ -252,7 +298,7 @@ class Sweep:
 
     def __init__(self, plan: SweepPlan, progress=lambda msg: None):
         inputs = [plan.checkpoint, *datasets.data_inputs(plan.data, plan.labels), *datasets.data_inputs(plan.calib)]
-        check_output_folder(plan.out_dir, inputs, what="-o folder")
+        check_output_folder(plan.out_dir, [*inputs, *plan.finetuned], what="-o folder")
         self.plan, self.progress = plan, progress
         # the data before anything is built or written: a folder that cannot be evaluated leaves nothing behind
         self.data = plan.data and datasets.open_dataset(plan.data, plan.labels, get_config(plan.arch).num_classes)
@@ -263,11 +309,34 @@ class Sweep:
                 sched.solve(ratio, self.dense_model.cfg.dims, method, sched.DEFAULT_ITERATIONS)
             except UserError as e:
                 raise UserError(f"{method} at {ratio:g}x: {e}") from None
+        self.specs = plan.points() + self._finetuned_points()
         self.config = _configuration(plan, self.dense_model)
         self.points = _load_results(plan.out_dir, self.config)
 
-    def _model(self, method: str, ratio: float | None):
+    def _finetuned_points(self) -> list[PointSpec]:
+        """A point per fine-tuned checkpoint and precision; each checkpoint's teacher must be the dense model."""
+        checkpoint = lazy_import("tpdeploy.model.checkpoint", "sweep")
+        dense = self.dense_model.origin.reference()
+        specs = []
+        for path in finetuned_checkpoints(self.plan.finetuned):
+            tuned = checkpoint.Checkpoint.read(path)
+            if tuned.plan is None:
+                raise UserError(f"--finetuned {path}: not a checkpoint of `tpdeploy finetune` (it records no plan)")
+            if tuned.plan.cfg.name != self.dense_model.cfg.name:
+                raise UserError(f"--finetuned {path} is of {tuned.plan.cfg.name}, the sweep's --arch {self.plan.arch}")
+            if tuned.record.get("teacher") != dense:
+                raise UserError(
+                    f"--finetuned {path} learnt from {tuned.record.get('teacher')}, not from the sweep's dense model "
+                    f"({dense}): give the sweep the --checkpoint it was fine-tuned from"
+                )
+            ratio = round(tuned.plan.flops_ratio, 2)
+            specs += [PointSpec(tuned.plan.method, ratio, p, path, tuned.sha256) for p in self.plan.precisions]
+        return specs
+
+    def _model(self, method: str, ratio: float | None, finetuned: str | None = None):
         create_model = lazy_import("tpdeploy.model.factory", "sweep").create_model  # PyTorch: imported on use
+        if finetuned:  # the checkpoint brings its plan
+            return create_model(self.plan.arch, checkpoint=finetuned)
         return create_model(
             self.plan.arch,
             checkpoint=self.plan.checkpoint,
@@ -276,9 +345,9 @@ class Sweep:
         )
 
     @property
-    def todo(self) -> list[tuple]:
+    def todo(self) -> list[PointSpec]:
         done = {p.key for p in self.points}
-        return [k for k in self.plan.points() if k not in done]
+        return [s for s in self.specs if s.key not in done]
 
     def _runner(self, model, folder: str, key: tuple = (DENSE, None), precision: str = FP32):
         """The model on the sweep's backend: for onnxruntime an export (kept for the model's int8 point, which is
@@ -312,7 +381,7 @@ class Sweep:
     def run(self, progress_bar=lambda label: lambda done, total, unreadable: None):
         """Measure the points not measured yet, saving the results after each; yields each new Point."""
         plan, todo = self.plan, self.todo
-        self.progress(f"{len(plan.points()) - len(todo)} of {len(plan.points())} points already in {plan.out_dir}")
+        self.progress(f"{len(self.specs) - len(todo)} of {len(self.specs)} points already in {plan.out_dir}")
         if not todo:
             return
         make_folder(plan.out_dir)
@@ -323,22 +392,23 @@ class Sweep:
             plan.batch, self.dense_model.cfg.img_size, config=self.dense_model.cfg.data_config
         )
         dense_path = os.path.join(plan.out_dir, DENSE_PREDICTIONS)
-        if (DENSE, None) not in todo and not os.path.isfile(dense_path):
+        dense_todo = PointSpec(DENSE, None) in todo
+        if not dense_todo and not os.path.isfile(dense_path):
             raise UserError(
                 f"{dense_path} is missing (the dense model's predictions, for the agreement): remove "
                 f"{RESULTS_JSON} too to start again"
             )
-        dense_top1 = None if (DENSE, None) in todo else np.load(dense_path)
+        dense_top1 = None if dense_todo else np.load(dense_path)
         with tempfile.TemporaryDirectory(prefix=".export-", dir=plan.out_dir) as folder:
             self.progress(f"dense {self.dense_model.cfg.name} on {plan.backend}")
             dense = self._runner(self.dense_model, folder)
-            for n, (method, ratio, *quantized) in enumerate(todo, start=1):
-                precision = quantized[0] if quantized else FP32
-                model = self.dense_model if method == DENSE else self._model(method, ratio)
-                name = point_label(method, ratio, precision)
+            for n, spec in enumerate(todo, start=1):
+                method, ratio, precision = spec.method, spec.ratio, spec.precision
+                model = self.dense_model if method == DENSE else self._model(method, ratio, spec.checkpoint)
+                name = point_label(method, ratio, precision, spec.finetuned)
                 self.progress(f"point {n}/{len(todo)}: {name} ({model.macs / 1e9:.2f} GMACs)")
-                fp32_dense = method == DENSE and precision == FP32
-                runner = dense if fp32_dense else self._runner(model, folder, (method, ratio), precision)
+                fp32_dense = spec == PointSpec(DENSE, None)
+                runner = dense if fp32_dense else self._runner(model, folder, spec.model_key, precision)
                 result = evaluate.evaluate(
                     [runner], dataset, plan.batch, plan.workers, progress=progress_bar(f"  {name}")
                 ).models[0]
@@ -379,6 +449,7 @@ class Sweep:
                     agreement.value,
                     agreement.stderr,
                     precision,
+                    spec.finetuned,
                 )
                 self.points.append(point)
                 _save_results(plan.out_dir, self.config, self.points)
@@ -423,17 +494,22 @@ def draw(out_dir: str, points: list[Point], title: str) -> str:
     axes = fig.subplots(1, 2, sharey=True)
     labelled = all(p.top1 is not None for p in points)
     dense = [p for p in points if p.method == DENSE]
-    for method, precision in dict.fromkeys((p.method, p.precision) for p in points if p.method != DENSE):
-        line = sorted((p for p in points if (p.method, p.precision) == (method, precision)), key=lambda p: p.gmacs)
+
+    def line_of(p: Point) -> tuple:
+        return p.method, p.precision, p.finetuned is not None
+
+    for method, precision, tuned in dict.fromkeys(line_of(p) for p in points if p.method != DENSE):
+        line = sorted((p for p in points if line_of(p) == (method, precision, tuned)), key=lambda p: p.gmacs)
+        name = f"{method} fine-tuned" if tuned else method
         for ax, x in zip(axes, ([p.gmacs for p in line], [p.relative_latency for p in line])):
             ax.errorbar(
                 x,
                 [100 * p.accuracy[0] for p in line],
                 yerr=[100 * p.accuracy[1] for p in line],
-                marker="o",
+                marker="s" if tuned else "o",
                 linestyle="-" if precision == FP32 else "--",  # quantized points: dashed
                 capsize=3,
-                label=method if precision == FP32 else f"{method} {precision}",
+                label=name if precision == FP32 else f"{name} {precision}",
             )
     for p in dense:
         for ax, x in zip(axes, (p.gmacs, p.relative_latency)):
