@@ -205,6 +205,11 @@ class _Run:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: t.lr_factor(step, total_steps))
         scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp)
         done, before, history = self._resume(optimizer, schedule, scaler)
+        if processes.size > 1 and processes.sum([float(done)])[0] != done * processes.size:
+            raise UserError(
+                f"the processes found different resume files at {job.resume_path}: -o must be on a filesystem that "
+                f"every node sees (as --data)"
+            )
         self.progress(
             f"fine-tuning {describe_plan(job.plan)}: {len(self.images)} training images ({self.data}), "
             f"{t.epochs} epochs of {self.steps} steps of {t.batch} images over {processes.size} "
