@@ -8,12 +8,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tpdeploy.artifacts.recipe import DataConfig, Recipe
+from tpdeploy.artifacts.recipe import DataConfig, Quantization, Recipe
 from tpdeploy.convert import engine
 from tpdeploy.tokenpool import onnx_function
 
 ITERATIONS = 3  # of every stand-in TokenPool node
 TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
+
+
+def quantization(**changes) -> Quantization:
+    """A valid quantization record, with `changes`."""
+    fields = dict(
+        precision="int8",
+        target="ort",
+        method="minmax",
+        activations="asymmetric",
+        calibration_source="built-in",
+        calibration_images=32,
+        calibration_sha256="ab" * 32,
+        quantized_ops=("MatMul",),
+        float_parts=("TokenPool",),
+    )
+    return Quantization(**{**fields, **changes})
 
 
 def standin_onnx(

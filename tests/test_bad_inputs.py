@@ -4,6 +4,7 @@ error), never a traceback, and no file written, left behind or changed (every fi
 The command line runs in-process through click's CliRunner (the same `main` as the `tpdeploy` command);
 the Python API raises TpdeployError subclasses, never a raw TypeError or a silent truncation."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from standin import standin_engine, standin_onnx
+from standin import quantization, standin_engine, standin_onnx
 from test_evaluate import devkit, images
 
 from tpdeploy import create_model, runtime, token_pool
@@ -94,19 +95,7 @@ CONTRADICTIONS = {
     "dense11": lambda d: d.update(method="none", tokens=[196] * 12),
     "seedneg": lambda d: d.update(seed=-5),
     "fp16recipe": lambda d: d.update(dtype="fp16"),
-    "int8recipe": lambda d: d.update(
-        quantization=dict(
-            precision="int8",
-            target="ort",
-            method="minmax",
-            activations="asymmetric",
-            calibration_source="built-in",
-            calibration_images=8,
-            calibration_sha256="ab" * 32,
-            quantized_ops=["MatMul"],
-            float_parts=["TokenPool"],
-        )
-    ),
+    "int8recipe": lambda d: d.update(quantization=dataclasses.asdict(quantization())),
 }
 SIDECAR_CONTRADICTIONS = {
     "int8": lambda d: d["spec"]["input"].update(dtype="int8"),

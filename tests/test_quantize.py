@@ -14,14 +14,14 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, numpy_helper
-from standin import standin_engine, standin_onnx
+from standin import quantization, standin_engine, standin_onnx
 from test_bad_inputs import snapshot
 from test_engine import requires_trt
 from test_layers import run_without_torch
 
 from tpdeploy import runtime
 from tpdeploy.artifacts.onnx_file import OnnxFile, read_recipe
-from tpdeploy.artifacts.recipe import Quantization, Recipe
+from tpdeploy.artifacts.recipe import Recipe
 from tpdeploy.cli import main
 from tpdeploy.convert import engine, quantize
 from tpdeploy.convert.fp16 import float32_islands
@@ -325,21 +325,6 @@ def test_sweep_refuses_int8_on_torch(tmp_path):
 
 
 # -- the record, without a model --
-
-
-def quantization(**changes):
-    fields = dict(
-        precision="int8",
-        target="ort",
-        method="minmax",
-        activations="asymmetric",
-        calibration_source="built-in",
-        calibration_images=32,
-        calibration_sha256="ab" * 32,
-        quantized_ops=("MatMul",),
-        float_parts=("TokenPool",),
-    )
-    return Quantization(**{**fields, **changes})
 
 
 def test_recipes_with_and_without_the_record_read_back(tmp_path):

@@ -87,15 +87,21 @@ def check_apart_from_inputs(path: str, inputs=(), what: str = "output") -> None:
             raise UserError(f"the {what} {path} contains the input {given}: refusing to write over it")
 
 
-def check_output(path: str, inputs=(), what: str = "output") -> None:
-    """Refuse, before any work, an output file that cannot be written or that is, is inside, or contains one of the
-    command's inputs."""
+def _output_path(path, inputs, what: str, kind: str) -> str:
+    """The output's path as a string, once it is a non-empty path apart from every input."""
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidArgumentError(f"the {what} must be a file path, got {path!r}")
+        raise InvalidArgumentError(f"the {what} must be a {kind} path, got {path!r}")
     path = os.fspath(path)
     if not path:
         raise UserError(f"the {what} path is empty")
     check_apart_from_inputs(path, inputs, what)
+    return path
+
+
+def check_output(path: str, inputs=(), what: str = "output") -> None:
+    """Refuse, before any work, an output file that cannot be written or that is, is inside, or contains one of the
+    command's inputs."""
+    path = _output_path(path, inputs, what, "file")
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder")
     folder = os.path.dirname(os.path.abspath(path))
@@ -110,12 +116,7 @@ def check_output(path: str, inputs=(), what: str = "output") -> None:
 def check_output_folder(path: str, inputs=(), what: str = "output folder") -> None:
     """Refuse, before any work, an output folder that is a file, cannot be created or written, or that is, is inside,
     or contains one of the command's inputs."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InvalidArgumentError(f"the {what} must be a folder path, got {path!r}")
-    path = os.fspath(path)
-    if not path:
-        raise UserError(f"the {what} path is empty")
-    check_apart_from_inputs(path, inputs, what)
+    path = _output_path(path, inputs, what, "folder")
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"the {what} {path} is a file, not a folder")
     existing = os.path.abspath(path)

@@ -52,10 +52,8 @@ def serve(
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port or None,
-        max_batch=batching.max_batch,
-        max_queue_delay_us=batching.max_queue_delay_us,
-        instances=batching.instances,
         verbose=verbose,
+        **vars(batching),
     )
     lazy_import("tpdeploy.serving.lifecycle", "serving").serve(settings, progress=progress)
 
@@ -77,10 +75,8 @@ def triton_repo(model_file, repository, name, batching: BatchingArgs, plugin, ov
             model_file,
             repository,
             name=name,
-            max_batch=batching.max_batch,
-            max_queue_delay_us=batching.max_queue_delay_us,
-            instances=batching.instances,
             plugin=plugin,
+            **vars(batching),
             overwrite=overwrite,
             progress=progress,
         )

@@ -55,6 +55,10 @@ class BuildPlan:
         """The precision of the Q/DQ layers of a file `tpdeploy quantize` made ("int8", "fp8"); None for a float one."""
         return self.recipe.quantization.precision if self.recipe and self.recipe.quantization else None
 
+    def precision(self) -> str:
+        """What the engine computes in: the Q/DQ layers of a quantized file, then the I/O dtype (the rest)."""
+        return f"{self.quantized} Q/DQ layers, {self.spec.input.dtype}" if self.quantized else self.spec.input.dtype
+
     def profile(self) -> str:
         return f"{self.spec.min_batch}/{self.opt_batch}/{self.spec.max_batch}"
 
@@ -215,9 +219,8 @@ class BuildReport:
 
     def format(self) -> str:
         p = self.plan
-        precision = f"{p.quantized} Q/DQ layers, " if p.quantized else ""  # the rest in the I/O dtype
         return (
-            f"built {p.output} ({self.sidecar.describe()}, batch {p.profile()}, {precision}{p.spec.input.dtype}, "
+            f"built {p.output} ({self.sidecar.describe()}, batch {p.profile()}, {p.precision()}, "
             f"{'plugin ' + p.plugin if p.plugin else 'no plugin'})"
         )
 
@@ -274,8 +277,7 @@ def build(plan: BuildPlan, progress=lambda msg: None) -> BuildReport:
             cache_bytes = f.read()
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
     config.progress_monitor = _progress_monitor(trt, progress)
-    precision = f"{plan.quantized} Q/DQ layers, " if plan.quantized else ""
-    progress(f"building (batch {plan.profile()}, {precision}{plan.spec.input.dtype}); this takes minutes")
+    progress(f"building (batch {plan.profile()}, {plan.precision()}); this takes minutes")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise DeviceError("TensorRT failed to build the engine (see its messages above)")

@@ -82,14 +82,9 @@ class Checkpoint:
         """A fine-tuned checkpoint builds only the plan it was fine-tuned for."""
         if self.plan is not None and plan != self.plan:
             raise UserError(
-                f"checkpoint {self.path} was fine-tuned for {describe_plan(self.plan)}, not {describe_plan(plan)}: "
+                f"checkpoint {self.path} was fine-tuned for {self.plan.describe()}, not {plan.describe()}: "
                 f"give no schedule (--preset, --flops-ratio, --schedule, --method, --iterations) to build its own"
             )
-
-
-def describe_plan(plan: ModelPlan) -> str:
-    pooled = f"{plan.method} (T={plan.iterations}) at {plan.flops_ratio:.2f}x FLOPs" if plan.pooling_steps else "dense"
-    return f"{plan.cfg.name} {pooled}, tokens {','.join(map(str, plan.tokens))}"
 
 
 def finetuned_checkpoint(state: dict[str, torch.Tensor], plan: ModelPlan, start: WeightsOrigin, **provenance) -> dict:

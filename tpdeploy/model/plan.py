@@ -56,6 +56,13 @@ class ModelPlan:
         nxt = self.tokens[1:] + self.tokens[-1:]
         return [(i, n, k) for i, (n, k) in enumerate(zip(self.tokens, nxt)) if k < n]
 
+    def describe(self) -> str:
+        """One line: architecture, method, iterations, FLOPs ratio and tokens (as messages name a plan)."""
+        pooled = (
+            f"{self.method} (T={self.iterations}) at {self.flops_ratio:.2f}x FLOPs" if self.pooling_steps else "dense"
+        )
+        return f"{self.cfg.name} {pooled}, tokens {','.join(map(str, self.tokens))}"
+
     def recipe(self, origin: WeightsOrigin, dtype: str = "fp32") -> Recipe:
         """What an exported file of this plan, with these weights, records: enough to rebuild it, no local path."""
         return Recipe(

@@ -36,7 +36,7 @@ from tpdeploy.artifacts.recipe import WeightsOrigin
 from tpdeploy.data import augment
 from tpdeploy.errors import UserError, one_line
 from tpdeploy.model import schedule as sched
-from tpdeploy.model.checkpoint import Checkpoint, describe_plan, finetuned_checkpoint
+from tpdeploy.model.checkpoint import Checkpoint, finetuned_checkpoint
 from tpdeploy.model.factory import build_model
 from tpdeploy.model.plan import ModelPlan, PlanSummary
 from tpdeploy.tasks.finetune import (
@@ -139,7 +139,7 @@ class _Run:
             raise UserError(f"--batch {t.batch} is more than the {len(self.images)} training images")
         self.unreadable: dict[str, str] = {}
         self.config = {
-            "plan": describe_plan(job.plan),
+            "plan": job.plan.describe(),
             "start": self.student.origin.reference(),
             "teacher": self.teacher.origin.reference(),
             "data": os.path.abspath(job.data) if job.data else self.data,
@@ -154,14 +154,14 @@ class _Run:
         if self.job.teacher == TEACHER_DENSE:
             if start is not None and start.plan is not None:
                 raise UserError(
-                    f"--checkpoint {start.path} is itself fine-tuned (for {describe_plan(start.plan)}): the dense "
+                    f"--checkpoint {start.path} is itself fine-tuned (for {start.plan.describe()}): the dense "
                     f"model of its weights is no teacher; give the dense checkpoint it came from as --teacher"
                 )
             return build_model(dense, start)
         teacher = Checkpoint.read(self.job.teacher)
         if teacher.plan is not None:
             raise UserError(
-                f"--teacher {teacher.path} is fine-tuned for {describe_plan(teacher.plan)}: the teacher is a dense "
+                f"--teacher {teacher.path} is fine-tuned for {teacher.plan.describe()}: the teacher is a dense "
                 f"model (a timm/DeiT checkpoint of {self.cfg.name})"
             )
         return build_model(dense, teacher)
@@ -211,7 +211,7 @@ class _Run:
                 f"every node sees (as --data)"
             )
         self.progress(
-            f"fine-tuning {describe_plan(job.plan)}: {len(self.images)} training images ({self.data}), "
+            f"fine-tuning {job.plan.describe()}: {len(self.images)} training images ({self.data}), "
             f"{t.epochs} epochs of {self.steps} steps of {t.batch} images over {processes.size} "
             f"process{'es' if processes.size > 1 else ''} ({self.device.type})"
         )
